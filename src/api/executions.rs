@@ -1,0 +1,371 @@
+//! `/v1/executions`: submit, get, list and cancel. Validation of a submission happens here,
+//! before anything reaches the store, so every bad input gets a 400 that names it.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use super::model::{
+    ExecutionPage, ExecutionView, ListParams, SubmitOutcome, SubmitParams, SubmitRequest,
+    SubmitResponse,
+};
+use super::{ApiContext, CREATED_BY, TENANT};
+use crate::config::valid_setting_name;
+use crate::execution::{Format, Status, query_hash};
+use crate::store::queue::CancelOutcome;
+use crate::store::read::ListFilter;
+use crate::store::submit::{NewExecution, Submitted};
+
+const DEFAULT_FORMAT: Format = Format::JSONEachRow;
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_QUERY_ID_LEN: usize = 256;
+
+/// Submit SQL for execution.
+///
+/// The body is either JSON (`SubmitRequest`) or the SQL itself as `text/plain`, with
+/// `tier`, `format`, `query_id` and `priority` in the query string.
+#[utoipa::path(
+    post,
+    path = "/v1/executions",
+    tag = "executions",
+    params(SubmitParams),
+    request_body(
+        content(
+            (SubmitRequest = "application/json"),
+            (String = "text/plain", example = "SELECT 1"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Created and queued", body = SubmitResponse),
+        (status = 200, description = "Collapsed into an identical in-flight execution", body = SubmitResponse),
+        (status = 400, description = "Invalid submission", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor text/plain", body = ErrorBody),
+        (status = 503, description = "Queue database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn submit(
+    State(ctx): State<ApiContext>,
+    params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(ctx.config.api.max_body_bytes)
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })?;
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let request = parse_submission(&headers, &body, params)?;
+    let new = validate(&ctx, request)?;
+    let (status, outcome, superseded, execution) = match ctx.store.submit(&new).await? {
+        Submitted::Created(e) => (StatusCode::CREATED, SubmitOutcome::Created, None, e),
+        Submitted::Collapsed(e) => (StatusCode::OK, SubmitOutcome::Collapsed, None, e),
+        Submitted::Superseded {
+            execution,
+            superseded,
+        } => (
+            StatusCode::CREATED,
+            SubmitOutcome::Superseded,
+            Some(superseded),
+            execution,
+        ),
+    };
+    tracing::info!(
+        execution_id = %execution.id,
+        tier = %execution.tier,
+        outcome = ?outcome,
+        "submitted"
+    );
+    Ok((
+        status,
+        Json(SubmitResponse {
+            outcome,
+            superseded,
+            execution: execution.into(),
+        }),
+    ))
+}
+
+/// JSON body or text/plain SQL, into one request shape.
+fn parse_submission(
+    headers: &HeaderMap,
+    body: &[u8],
+    params: SubmitParams,
+) -> Result<SubmitRequest, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    match mime {
+        "text/plain" | "application/sql" => {
+            let sql = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("invalid_body", "the SQL is not valid UTF-8"))?;
+            Ok(SubmitRequest {
+                sql: sql.to_string(),
+                tier: params.tier,
+                query_id: params.query_id,
+                format: params.format,
+                settings: None,
+                priority: params.priority,
+            })
+        }
+        "application/json" | "" => {
+            if params.tier.is_some()
+                || params.query_id.is_some()
+                || params.format.is_some()
+                || params.priority.is_some()
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "with a JSON body, put tier, query_id, format and priority in the body",
+                ));
+            }
+            serde_json::from_slice(body).map_err(|e| {
+                let message = e.to_string();
+                if message.starts_with("unknown field") {
+                    ApiError::bad_request("unknown_field", message)
+                } else if message.starts_with("missing field") {
+                    ApiError::bad_request("missing_field", message)
+                } else {
+                    ApiError::bad_request("invalid_json", format!("malformed JSON body: {message}"))
+                }
+            })
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type `{other}` is not accepted: send application/json or text/plain SQL"
+        ))),
+    }
+}
+
+/// Everything a submission must satisfy before it is queued.
+fn validate(ctx: &ApiContext, r: SubmitRequest) -> Result<NewExecution, ApiError> {
+    if r.sql.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_sql",
+            "`sql` must not be empty",
+        ));
+    }
+    let tier_name = r.tier.unwrap_or_else(|| ctx.config.default_tier.clone());
+    let Some(tier) = ctx.config.tier(&tier_name) else {
+        return Err(ApiError::bad_request(
+            "unknown_tier",
+            format!(
+                "unknown tier `{tier_name}`; configured tiers: {}",
+                ctx.config
+                    .tiers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    let format = match r.format.as_deref() {
+        None => DEFAULT_FORMAT,
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_format",
+                format!(
+                    "unknown format `{f}`; supported: {}",
+                    Format::ALL.map(|f| f.as_str()).join(", ")
+                ),
+            )
+        })?,
+    };
+    let priority = r.priority.unwrap_or(0);
+    if !(0..=9).contains(&priority) {
+        return Err(ApiError::bad_request(
+            "invalid_priority",
+            format!("priority must be between 0 and 9, got {priority}"),
+        ));
+    }
+    let mut settings = BTreeMap::new();
+    for (name, value) in r.settings.unwrap_or_default() {
+        if !valid_setting_name(&name) || !tier.client_settings.contains(&name) {
+            return Err(ApiError::bad_request(
+                "setting_not_allowed",
+                format!(
+                    "setting `{name}` is not allowed on tier `{tier_name}`; allowed: {}",
+                    tier.client_settings.join(", ")
+                ),
+            ));
+        }
+        let value = match value {
+            serde_json::Value::String(s) if !s.contains(['\n', '\r']) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => if b { "1" } else { "0" }.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_setting",
+                    format!("setting `{name}` must be a single-line string, a number or a boolean"),
+                ));
+            }
+        };
+        settings.insert(name, value);
+    }
+    let hash = query_hash(&r.sql, &tier_name, format, &settings);
+    let query_id = match r.query_id {
+        None => hash.clone(),
+        Some(q) if q.trim().is_empty() || q.len() > MAX_QUERY_ID_LEN => {
+            return Err(ApiError::bad_request(
+                "invalid_query_id",
+                format!("query_id must be 1 to {MAX_QUERY_ID_LEN} characters"),
+            ));
+        }
+        Some(q) => q,
+    };
+    Ok(NewExecution {
+        tenant: TENANT.into(),
+        created_by: CREATED_BY.into(),
+        tier: tier_name,
+        query_id,
+        query_hash: hash,
+        sql: r.sql,
+        format,
+        settings,
+        priority,
+        max_attempts: tier.max_attempts,
+    })
+}
+
+/// An id that does not parse names no execution: 404, like an unknown one.
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no execution with id `{id}`")))
+}
+
+/// Get one execution: status, timings, progress, result metadata, error.
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}",
+    tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, body = ExecutionView),
+        (status = 404, description = "No such execution", body = ErrorBody),
+    )
+)]
+pub async fn get(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionView>, ApiError> {
+    let uuid = parse_id(&id)?;
+    let execution = ctx
+        .store
+        .get(uuid, Some(TENANT))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))?;
+    Ok(Json(execution.into()))
+}
+
+/// List executions, newest first, with keyset pagination.
+#[utoipa::path(
+    get,
+    path = "/v1/executions",
+    tag = "executions",
+    params(ListParams),
+    responses(
+        (status = 200, body = ExecutionPage),
+        (status = 400, description = "Invalid filter", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(ctx): State<ApiContext>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ExecutionPage>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let max = ctx.config.api.max_page_size;
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE_SIZE.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    let status = match p.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_status",
+                format!(
+                    "unknown status `{s}`; one of {}",
+                    Status::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let before = match p.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
+        })?),
+    };
+    let mut rows = ctx
+        .store
+        .list(&ListFilter {
+            tenant: Some(TENANT.into()),
+            query_id: p.query_id,
+            status,
+            tier: p.tier,
+            before,
+            limit: i64::from(limit) + 1,
+        })
+        .await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(ExecutionPage {
+        executions: rows.into_iter().map(ExecutionView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Cancel an execution.
+///
+/// PENDING becomes CANCELED at once (200). RUNNING is stopped by its worker, which kills
+/// the ClickHouse query and then marks it CANCELED (202; poll the execution). Canceling a
+/// CANCELED execution is a no-op (200); any other finished one is a 409.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/{id}/cancel",
+    tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses(
+        (status = 200, description = "Canceled", body = ExecutionView),
+        (status = 202, description = "Cancel requested; the worker is stopping it", body = ExecutionView),
+        (status = 404, description = "No such execution", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<ExecutionView>), ApiError> {
+    let uuid = parse_id(&id)?;
+    match ctx.store.request_cancel(uuid, Some(TENANT)).await? {
+        CancelOutcome::Canceled(e) => Ok((StatusCode::OK, Json(e.into()))),
+        CancelOutcome::Requested(e) => Ok((StatusCode::ACCEPTED, Json(e.into()))),
+        CancelOutcome::AlreadyFinished(e) if e.status == Status::Canceled => {
+            Ok((StatusCode::OK, Json(e.into())))
+        }
+        CancelOutcome::AlreadyFinished(e) => Err(ApiError::Conflict {
+            code: "already_finished",
+            message: format!("execution {id} already finished with status {}", e.status),
+        }),
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no execution with id `{id}`"))),
+    }
+}

@@ -1,0 +1,180 @@
+//! What the API reads and writes: request bodies, query strings and response bodies,
+//! with their OpenAPI schemas. Conversions from the domain live here too.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::execution::{Column, ErrorInfo, Execution, Format, Progress, Status};
+
+/// `POST /v1/executions` with `Content-Type: application/json`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The SQL to run: one statement.
+    #[schema(example = "SELECT number FROM system.numbers LIMIT 10")]
+    pub sql: String,
+    /// Tier to run on; the configured default tier when absent.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Dedup key. At most one execution per query_id is in flight. Defaults to a
+    /// sha256 over sql, tier, format and settings. Reusing a query_id with different SQL
+    /// supersedes the in-flight execution.
+    #[serde(default)]
+    pub query_id: Option<String>,
+    /// Output format (ClickHouse's name); `JSONEachRow` when absent.
+    #[serde(default)]
+    #[schema(example = "JSONEachRow")]
+    pub format: Option<String>,
+    /// ClickHouse settings for this query; only those the tier allows.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<BTreeMap<String, serde_json::Value>>,
+    /// 0 (default) to 9; higher runs first within a tier.
+    #[serde(default)]
+    pub priority: Option<i16>,
+}
+
+/// Query string of `POST /v1/executions` when the body is `text/plain` SQL.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitParams {
+    pub tier: Option<String>,
+    pub query_id: Option<String>,
+    pub format: Option<String>,
+    pub priority: Option<i16>,
+}
+
+/// Query string of `GET /v1/executions`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    pub query_id: Option<String>,
+    /// PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED or EXPIRED.
+    pub status: Option<String>,
+    pub tier: Option<String>,
+    /// Page size, 1 to `api.max_page_size` (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Metadata of a stored result.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResultView {
+    pub format: Format,
+    pub content_type: String,
+    pub bytes: u64,
+    /// Absent for binary formats (Native, Parquet, Arrow).
+    pub rows: Option<u64>,
+    pub columns: Vec<Column>,
+    /// Where to download it.
+    pub url: String,
+}
+
+/// An execution as clients see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionView {
+    pub id: Uuid,
+    pub status: Status,
+    pub tier: String,
+    pub query_id: String,
+    pub sql: String,
+    pub format: String,
+    pub settings: BTreeMap<String, String>,
+    pub priority: i16,
+    /// Runs so far (1 once first claimed).
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub progress: Option<Progress>,
+    pub result: Option<ResultView>,
+    pub error: Option<ErrorInfo>,
+    /// Submits that collapsed into this execution while it was in flight.
+    pub collapsed_count: i32,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Set when a later submission with the same query_id replaced this one.
+    pub superseded_by: Option<Uuid>,
+}
+
+impl From<Execution> for ExecutionView {
+    fn from(e: Execution) -> Self {
+        let result = e.result.map(|r| {
+            let r = r.0;
+            ResultView {
+                format: r.format,
+                content_type: r.content_type,
+                bytes: r.bytes,
+                rows: r.rows,
+                columns: r.columns,
+                url: format!("/v1/executions/{}/result", e.id),
+            }
+        });
+        ExecutionView {
+            id: e.id,
+            status: e.status,
+            tier: e.tier,
+            query_id: e.query_id,
+            sql: e.sql,
+            format: e.format,
+            settings: e.settings.0,
+            priority: e.priority,
+            attempt: e.attempt,
+            max_attempts: e.max_attempts,
+            created_at: e.created_at,
+            started_at: e.started_at,
+            finished_at: e.finished_at,
+            progress: e.progress.map(|p| p.0),
+            result,
+            error: e.error.map(|x| x.0),
+            collapsed_count: e.collapsed_count,
+            cancel_requested_at: e.cancel_requested_at,
+            superseded_by: e.superseded_by,
+        }
+    }
+}
+
+/// Answer to a submit: the execution, and how the submit was handled.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    /// `created`, `collapsed` (an identical execution was in flight: this is it) or
+    /// `superseded` (created, replacing an in-flight one with the same query_id).
+    pub outcome: SubmitOutcome,
+    /// The execution this submission replaced, when `outcome` is `superseded`.
+    pub superseded: Option<Uuid>,
+    pub execution: ExecutionView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitOutcome {
+    Created,
+    Collapsed,
+    Superseded,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExecutionPage {
+    /// Newest first.
+    pub executions: Vec<ExecutionView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadyView {
+    pub status: String,
+    pub postgres: String,
+}

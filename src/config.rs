@@ -1,0 +1,507 @@
+//! Configuration: one typed struct read from a TOML file with `SLUICE_...` environment
+//! overrides, validated once at start-up.
+//!
+//! Every role (`api`, `worker`, `bookkeeper`, `standalone`, `migrate`) reads the same file.
+//! Environment variables override file values; nested keys are separated by a double
+//! underscore: `SLUICE_DATABASE_URL`, `SLUICE_API__LISTEN`,
+//! `SLUICE_TIERS__DEFAULT__CLICKHOUSE_URL`.
+//!
+//! This module owns the shape of the configuration and the rules a valid one obeys. It must
+//! never open a connection or touch the filesystem beyond reading the file: validation is
+//! pure, so a bad file is rejected before any service is contacted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// A configuration problem, always naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// PostgreSQL connection string of the queue database.
+    pub database_url: String,
+    /// Maximum connections of this process's Postgres pool.
+    #[serde(default = "default_db_max_connections")]
+    pub database_max_connections: u32,
+    /// The tier used when a submission names none.
+    #[serde(default = "default_tier_name")]
+    pub default_tier: String,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub results: ResultsConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub bookkeeper: BookkeeperConfig,
+    /// Tiers by name. Each has its own ClickHouse endpoint, settings and workers.
+    pub tiers: BTreeMap<String, TierConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest `limit` accepted by the list endpoint.
+    #[serde(default = "default_max_page_size")]
+    pub max_page_size: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            max_page_size: default_max_page_size(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Where result objects live: `file:///abs/dir`, a bare path, or `s3://bucket/prefix`.
+    #[serde(default = "default_results_url")]
+    pub url: String,
+    /// Options handed to object_store for the URL's scheme, e.g. for S3:
+    /// `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_allow_http`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Size of one multipart part: the most bytes of one result held in memory at once
+    /// (times `upload_concurrency`). S3 requires at least 5 MiB.
+    #[serde(default = "default_part_bytes")]
+    pub part_bytes: usize,
+    /// Parts of one result uploaded concurrently.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_results_url(),
+            options: BTreeMap::new(),
+            part_bytes: default_part_bytes(),
+            upload_concurrency: default_upload_concurrency(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// How often an idle worker polls when no notification arrives.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a claim is valid without a heartbeat.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often a running execution renews its lease and records progress.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// On SIGTERM, how long running executions may take to finish before they are
+    /// stopped and handed back to the queue.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: default_poll_interval(),
+            lease: default_lease(),
+            heartbeat: default_heartbeat(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookkeeperConfig {
+    /// Pause between two maintenance passes.
+    #[serde(default = "default_bookkeeper_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most rows one pass touches in one statement.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: i64,
+    /// Delay before a reclaimed execution may run again.
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for BookkeeperConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_bookkeeper_interval(),
+            batch_size: default_batch_size(),
+            retry_backoff: default_retry_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// ClickHouse HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    pub clickhouse_url: String,
+    #[serde(default = "default_ch_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    /// Database queries run in; the server's default when absent.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Settings every query of this tier runs with (e.g. `max_execution_time`,
+    /// `max_memory_usage`). `readonly = 1` is added unless set here.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+    /// Settings a client may add to a submission. Anything else is rejected with 400.
+    #[serde(default = "default_client_settings")]
+    pub client_settings: Vec<String>,
+    /// Executions of this tier one worker runs at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Runs of one execution before it is failed for good.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+}
+
+/// A ClickHouse setting value as written in TOML.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl SettingValue {
+    /// The value as ClickHouse expects it in a URL parameter.
+    pub fn to_param(&self) -> String {
+        match self {
+            SettingValue::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+            SettingValue::Int(i) => i.to_string(),
+            SettingValue::Float(f) => f.to_string(),
+            SettingValue::Str(s) => s.clone(),
+        }
+    }
+}
+
+fn default_db_max_connections() -> u32 {
+    16
+}
+fn default_tier_name() -> String {
+    "default".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_page_size() -> u32 {
+    1000
+}
+fn default_results_url() -> String {
+    "./results".into()
+}
+fn default_part_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_upload_concurrency() -> usize {
+    2
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_bookkeeper_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_batch_size() -> i64 {
+    1000
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_ch_user() -> String {
+    "default".into()
+}
+fn default_client_settings() -> Vec<String> {
+    [
+        "max_threads",
+        "max_block_size",
+        "max_result_rows",
+        "max_result_bytes",
+        "result_overflow_mode",
+        "output_format_write_statistics",
+        "output_format_json_quote_64bit_integers",
+        "date_time_output_format",
+        "format_csv_delimiter",
+        "join_use_nulls",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_max_attempts() -> i32 {
+    3
+}
+
+/// The smallest part S3 accepts in a multipart upload (except the last).
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+impl Config {
+    /// Reads `path` (if it exists) and the `SLUICE_` environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("SLUICE_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document (used by tests and `sluice bench`) and validates it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_url.trim().is_empty() {
+            return Err(invalid("database_url", "must not be empty"));
+        }
+        if self.database_max_connections < 2 {
+            return Err(invalid("database_max_connections", "must be at least 2"));
+        }
+        if self.tiers.is_empty() {
+            return Err(invalid("tiers", "at least one tier must be configured"));
+        }
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(invalid(
+                "default_tier",
+                format!(
+                    "names tier `{}`, which is not configured",
+                    self.default_tier
+                ),
+            ));
+        }
+        if self.api.max_body_bytes == 0 {
+            return Err(invalid("api.max_body_bytes", "must be positive"));
+        }
+        if self.api.max_page_size == 0 {
+            return Err(invalid("api.max_page_size", "must be positive"));
+        }
+        if self.results.url.trim().is_empty() {
+            return Err(invalid("results.url", "must not be empty"));
+        }
+        if self.results.part_bytes < MIN_PART_BYTES {
+            return Err(invalid(
+                "results.part_bytes",
+                format!("must be at least {MIN_PART_BYTES} (S3's minimum part size)"),
+            ));
+        }
+        if self.results.upload_concurrency == 0 {
+            return Err(invalid("results.upload_concurrency", "must be at least 1"));
+        }
+        let w = &self.worker;
+        if w.heartbeat.is_zero() || w.poll_interval.is_zero() {
+            return Err(invalid(
+                "worker.heartbeat",
+                "worker.heartbeat and worker.poll_interval must be positive",
+            ));
+        }
+        if w.lease < w.heartbeat * 3 {
+            return Err(invalid(
+                "worker.lease",
+                "must be at least three heartbeats, so one slow heartbeat does not lose it",
+            ));
+        }
+        if self.bookkeeper.batch_size < 1 {
+            return Err(invalid("bookkeeper.batch_size", "must be at least 1"));
+        }
+        if self.bookkeeper.interval.is_zero() {
+            return Err(invalid("bookkeeper.interval", "must be positive"));
+        }
+        for (name, tier) in &self.tiers {
+            validate_tier(name, tier)?;
+        }
+        Ok(())
+    }
+
+    pub fn tier(&self, name: &str) -> Option<&TierConfig> {
+        self.tiers.get(name)
+    }
+}
+
+/// Tier names appear in URLs, metrics labels and NOTIFY payloads: keep them plain.
+pub fn valid_tier_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// ClickHouse setting names are identifiers.
+pub fn valid_setting_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("tiers.{name}.{k}");
+    if !valid_tier_name(name) {
+        return Err(invalid(
+            format!("tiers.{name}"),
+            "tier names use only letters, digits, `_` and `-` (at most 64)",
+        ));
+    }
+    match url::Url::parse(&tier.clickhouse_url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(_) => return Err(invalid(key("clickhouse_url"), "must be an http(s) URL")),
+        Err(e) => return Err(invalid(key("clickhouse_url"), e.to_string())),
+    }
+    if tier.concurrency == 0 {
+        return Err(invalid(key("concurrency"), "must be at least 1"));
+    }
+    if tier.max_attempts < 1 {
+        return Err(invalid(key("max_attempts"), "must be at least 1"));
+    }
+    for (setting, value) in &tier.settings {
+        if !valid_setting_name(setting) {
+            return Err(invalid(
+                key(&format!("settings.{setting}")),
+                "not a valid setting name",
+            ));
+        }
+        if crate::clickhouse::RESERVED_PARAMS.contains(&setting.as_str()) {
+            return Err(invalid(
+                key(&format!("settings.{setting}")),
+                "is set by Sluice itself and cannot be configured",
+            ));
+        }
+        if let SettingValue::Str(s) = value
+            && s.contains(['\n', '\r'])
+        {
+            return Err(invalid(
+                key(&format!("settings.{setting}")),
+                "must be a single line",
+            ));
+        }
+    }
+    for setting in &tier.client_settings {
+        if !valid_setting_name(setting) {
+            return Err(invalid(
+                key("client_settings"),
+                format!("`{setting}` is not a valid setting name"),
+            ));
+        }
+        if crate::clickhouse::RESERVED_PARAMS.contains(&setting.as_str()) || setting == "readonly" {
+            return Err(invalid(
+                key("client_settings"),
+                format!("`{setting}` cannot be left to clients"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        database_url = "postgres://localhost/sluice"
+        [tiers.default]
+        clickhouse_url = "http://127.0.0.1:8123"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.api.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.tiers["default"].max_attempts, 3);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let bad = MINIMAL.replace("http://127.0.0.1:8123", "ftp://x");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("tiers.default.clickhouse_url"), "{e}");
+
+        let bad = format!("{MINIMAL}\n[worker]\nlease = \"1s\"\nheartbeat = \"1s\"\n");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("worker.lease"), "{e}");
+
+        let bad = format!("default_tier = \"vip\"\n{MINIMAL}");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("default_tier"), "{e}");
+
+        let bad = format!("{MINIMAL}\nsettings = {{ query_id = \"x\" }}\n");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("tiers.default.settings.query_id"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let bad = format!("{MINIMAL}\nconcurency = 3\n");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("concurency"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sluice.example.toml"))
+                .unwrap();
+        Config::from_toml(&text).unwrap();
+    }
+}

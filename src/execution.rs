@@ -1,0 +1,392 @@
+//! The domain: what an execution is, the states it moves through, the result formats
+//! Sluice serves, and how a submission is hashed for deduplication.
+//!
+//! Status machine (enforced again by a trigger in Postgres, see
+//! `migrations/0001_executions.sql`, so no code path can bypass it):
+//!
+//! ```text
+//! PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELED
+//! PENDING -> CANCELED
+//! RUNNING -> PENDING                       (lost or stopped worker: run again)
+//! SUCCEEDED | FAILED | CANCELED -> EXPIRED (result retention passed)
+//! ```
+//!
+//! This module is pure data: it never performs I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[sqlx(type_name = "execution_status", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    Expired,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Canceled,
+        Status::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Running => "RUNNING",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::Canceled => "CANCELED",
+            Status::Expired => "EXPIRED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
+    }
+
+    /// The transitions of the status machine. Mirrors the database trigger.
+    pub fn can_become(self, next: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Pending, Running)
+                | (Pending, Canceled)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Canceled)
+                | (Running, Pending)
+                | (Succeeded, Expired)
+                | (Failed, Expired)
+                | (Canceled, Expired)
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Output formats Sluice stores. The bytes are ClickHouse's own output in that format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum Format {
+    JSONEachRow,
+    JSON,
+    JSONCompact,
+    JSONCompactEachRow,
+    CSV,
+    CSVWithNames,
+    TabSeparated,
+    TabSeparatedWithNames,
+    TabSeparatedWithNamesAndTypes,
+    Native,
+    Parquet,
+    Arrow,
+    ArrowStream,
+}
+
+/// How rows are counted while a result streams through a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCounting {
+    /// One row per line; the first `header_lines` lines are not rows. Strings never contain
+    /// a raw newline in these formats (they are escaped).
+    Lines { header_lines: u64 },
+    /// Like `Lines`, but a newline inside a double-quoted field belongs to the field.
+    CsvLines { header_lines: u64 },
+    /// The format reports `"rows": N` at its end.
+    JsonRowsField,
+    /// A binary format: Sluice does not decode it, the row count stays unknown.
+    Unknown,
+}
+
+impl Format {
+    pub const ALL: [Format; 13] = [
+        Format::JSONEachRow,
+        Format::JSON,
+        Format::JSONCompact,
+        Format::JSONCompactEachRow,
+        Format::CSV,
+        Format::CSVWithNames,
+        Format::TabSeparated,
+        Format::TabSeparatedWithNames,
+        Format::TabSeparatedWithNamesAndTypes,
+        Format::Native,
+        Format::Parquet,
+        Format::Arrow,
+        Format::ArrowStream,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::JSONEachRow => "JSONEachRow",
+            Format::JSON => "JSON",
+            Format::JSONCompact => "JSONCompact",
+            Format::JSONCompactEachRow => "JSONCompactEachRow",
+            Format::CSV => "CSV",
+            Format::CSVWithNames => "CSVWithNames",
+            Format::TabSeparated => "TabSeparated",
+            Format::TabSeparatedWithNames => "TabSeparatedWithNames",
+            Format::TabSeparatedWithNamesAndTypes => "TabSeparatedWithNamesAndTypes",
+            Format::Native => "Native",
+            Format::Parquet => "Parquet",
+            Format::Arrow => "Arrow",
+            Format::ArrowStream => "ArrowStream",
+        }
+    }
+
+    /// Case-insensitive, and accepts ClickHouse's `TSV...` aliases.
+    pub fn parse(s: &str) -> Option<Format> {
+        let canonical = match s.to_ascii_lowercase().as_str() {
+            "tsv" => "TabSeparated",
+            "tsvwithnames" => "TabSeparatedWithNames",
+            "tsvwithnamesandtypes" => "TabSeparatedWithNamesAndTypes",
+            _ => s,
+        };
+        Format::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(canonical))
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::JSONEachRow | Format::JSONCompactEachRow => "application/x-ndjson",
+            Format::JSON | Format::JSONCompact => "application/json",
+            Format::CSV | Format::CSVWithNames => "text/csv; charset=utf-8",
+            Format::TabSeparated
+            | Format::TabSeparatedWithNames
+            | Format::TabSeparatedWithNamesAndTypes => "text/tab-separated-values; charset=utf-8",
+            Format::Native => "application/octet-stream",
+            Format::Parquet => "application/vnd.apache.parquet",
+            Format::Arrow => "application/vnd.apache.arrow.file",
+            Format::ArrowStream => "application/vnd.apache.arrow.stream",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::JSONEachRow | Format::JSONCompactEachRow => "ndjson",
+            Format::JSON | Format::JSONCompact => "json",
+            Format::CSV | Format::CSVWithNames => "csv",
+            Format::TabSeparated
+            | Format::TabSeparatedWithNames
+            | Format::TabSeparatedWithNamesAndTypes => "tsv",
+            Format::Native => "native",
+            Format::Parquet => "parquet",
+            Format::Arrow => "arrow",
+            Format::ArrowStream => "arrows",
+        }
+    }
+
+    /// The oldest ClickHouse (major, minor) that can write this format.
+    pub fn min_server_version(self) -> (u32, u32) {
+        match self {
+            Format::Parquet => (19, 12),
+            Format::Arrow | Format::ArrowStream => (20, 1),
+            _ => (1, 1),
+        }
+    }
+
+    pub fn row_counting(self) -> RowCounting {
+        match self {
+            Format::JSONEachRow | Format::JSONCompactEachRow | Format::TabSeparated => {
+                RowCounting::Lines { header_lines: 0 }
+            }
+            Format::TabSeparatedWithNames => RowCounting::Lines { header_lines: 1 },
+            Format::TabSeparatedWithNamesAndTypes => RowCounting::Lines { header_lines: 2 },
+            Format::CSV => RowCounting::CsvLines { header_lines: 0 },
+            Format::CSVWithNames => RowCounting::CsvLines { header_lines: 1 },
+            Format::JSON | Format::JSONCompact => RowCounting::JsonRowsField,
+            Format::Native | Format::Parquet | Format::Arrow | Format::ArrowStream => {
+                RowCounting::Unknown
+            }
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The dedup key Sluice derives when a client gives no `query_id`: a sha256 over
+/// everything that changes the result bytes. Settings are hashed in key order (a
+/// `BTreeMap`), so `{a,b}` and `{b,a}` collapse.
+pub fn query_hash(
+    sql: &str,
+    tier: &str,
+    format: Format,
+    settings: &BTreeMap<String, String>,
+) -> String {
+    let mut h = Sha256::new();
+    // Length-prefix every field so no two different submissions serialize alike.
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(b"sluice-v1");
+    field(sql.as_bytes());
+    field(tier.as_bytes());
+    field(format.as_str().as_bytes());
+    for (k, v) in settings {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What went wrong, as stored on a FAILED execution and shown to clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    /// Sluice's error code, e.g. `CLICKHOUSE_ERROR`, `STORAGE_ERROR`, `WORKER_LOST`.
+    pub code: String,
+    pub message: String,
+    /// ClickHouse's numeric error code when ClickHouse raised the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clickhouse_code: Option<i32>,
+}
+
+/// One result column, as `DESCRIBE TABLE (<sql>)` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+}
+
+/// Where and what the result of a SUCCEEDED execution is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultMeta {
+    /// Key of the object in the result store.
+    pub object_key: String,
+    pub format: Format,
+    pub content_type: String,
+    pub bytes: u64,
+    /// Number of rows; absent for binary formats Sluice does not decode.
+    #[serde(default)]
+    pub rows: Option<u64>,
+    pub columns: Vec<Column>,
+}
+
+/// Live statistics of a running query, from ClickHouse's `system.processes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub read_rows: u64,
+    pub read_bytes: u64,
+    pub total_rows_approx: u64,
+    pub elapsed_seconds: f64,
+    pub memory_usage: i64,
+    /// Bytes of result written to the store so far.
+    pub result_bytes: u64,
+}
+
+/// One execution as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Execution {
+    pub id: Uuid,
+    pub tenant: String,
+    pub created_by: String,
+    pub tier: String,
+    pub query_id: String,
+    pub query_hash: String,
+    pub sql: String,
+    pub format: String,
+    pub settings: sqlx::types::Json<BTreeMap<String, String>>,
+    pub status: Status,
+    pub priority: i16,
+    pub run_after: DateTime<Utc>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub progress: Option<sqlx::types::Json<Progress>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<sqlx::types::Json<ResultMeta>>,
+    pub error: Option<sqlx::types::Json<ErrorInfo>>,
+    pub collapsed_count: i32,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub superseded_by: Option<Uuid>,
+}
+
+impl Execution {
+    pub fn format(&self) -> Option<Format> {
+        Format::parse(&self.format)
+    }
+
+    /// The ClickHouse query_id of this execution's current attempt. Unique per attempt,
+    /// so a retried run never collides with a dead attempt's orphan on the server.
+    pub fn clickhouse_query_id(&self) -> String {
+        clickhouse_query_id(self.id, self.attempt)
+    }
+}
+
+pub fn clickhouse_query_id(id: Uuid, attempt: i32) -> String {
+    format!("{id}-{attempt}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_match_the_design() {
+        use Status::*;
+        assert!(Pending.can_become(Running));
+        assert!(Running.can_become(Pending));
+        assert!(Succeeded.can_become(Expired));
+        assert!(!Succeeded.can_become(Running));
+        assert!(!Pending.can_become(Succeeded));
+        assert!(!Expired.can_become(Pending));
+        assert!(!Canceled.can_become(Running));
+    }
+
+    #[test]
+    fn formats_parse_case_insensitively_with_aliases() {
+        assert_eq!(Format::parse("jsoneachrow"), Some(Format::JSONEachRow));
+        assert_eq!(
+            Format::parse("TSVWithNamesAndTypes"),
+            Some(Format::TabSeparatedWithNamesAndTypes)
+        );
+        assert_eq!(Format::parse("Pretty"), None);
+        for f in Format::ALL {
+            assert_eq!(Format::parse(f.as_str()), Some(f));
+        }
+    }
+
+    #[test]
+    fn hash_depends_on_everything_that_changes_the_result() {
+        let s = BTreeMap::new();
+        let base = query_hash("SELECT 1", "default", Format::JSON, &s);
+        assert_eq!(base, query_hash("SELECT 1", "default", Format::JSON, &s));
+        assert_ne!(base, query_hash("SELECT 2", "default", Format::JSON, &s));
+        assert_ne!(base, query_hash("SELECT 1", "vip", Format::JSON, &s));
+        assert_ne!(base, query_hash("SELECT 1", "default", Format::CSV, &s));
+        let mut s2 = BTreeMap::new();
+        s2.insert("max_threads".to_string(), "1".to_string());
+        assert_ne!(base, query_hash("SELECT 1", "default", Format::JSON, &s2));
+    }
+}

@@ -1,0 +1,221 @@
+//! The result store: where result bytes live, how they are written and read.
+//!
+//! One URL selects the backend through `object_store`: a local directory by default
+//! (`./results`, `file:///var/lib/sluice`), or `s3://bucket/prefix` with the options of
+//! `[results.options]`. Layout: `<prefix>/results/<execution id>/<attempt>.<ext>`. The
+//! attempt is part of the key, so a stale worker that lost its lease can never overwrite
+//! the object of the attempt that replaced it.
+//!
+//! Writes are multipart uploads of `part_bytes` parts, at most `upload_concurrency` in
+//! flight, so a result of any size takes bounded memory. A write is only visible once
+//! [`ResultWriter::finish`] completes it; [`ResultWriter::abort`] leaves nothing behind.
+//!
+//! This module never touches Postgres or ClickHouse.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::config::ResultsConfig;
+use crate::execution::Format;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("invalid result store URL `{url}`: {message}")]
+    Url { url: String, message: String },
+    #[error("result object not found: {0}")]
+    NotFound(String),
+    #[error("result store error: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("result store write failed: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct ResultStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    part_bytes: usize,
+    upload_concurrency: usize,
+}
+
+impl ResultStore {
+    pub fn new(config: &ResultsConfig) -> Result<ResultStore, ResultsError> {
+        let url = to_url(&config.url)?;
+        let bad = |message: String| ResultsError::Url {
+            url: config.url.clone(),
+            message,
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, Path) = if url.scheme() == "file" {
+            // Our own: object_store's parse_url does not create the directory.
+            let dir = url
+                .to_file_path()
+                .map_err(|_| bad("not a local path".into()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| bad(format!("cannot create directory: {e}")))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| bad(e.to_string()))?;
+            (Arc::new(fs), Path::default())
+        } else {
+            let options: BTreeMap<String, String> = config.options.clone();
+            let (store, prefix) =
+                object_store::parse_url_opts(&url, options).map_err(|e| bad(e.to_string()))?;
+            (Arc::from(store), prefix)
+        };
+        Ok(ResultStore {
+            store,
+            prefix,
+            part_bytes: config.part_bytes,
+            upload_concurrency: config.upload_concurrency,
+        })
+    }
+
+    /// Where attempt `attempt` of execution `id` stores its result.
+    pub fn key(&self, id: Uuid, attempt: i32, format: Format) -> String {
+        format!("results/{id}/{attempt}.{}", format.extension())
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// Starts a streaming write of `key`.
+    pub fn writer(&self, key: &str) -> ResultWriter {
+        let writer = BufWriter::with_capacity(self.store.clone(), self.path(key), self.part_bytes)
+            .with_max_concurrency(self.upload_concurrency);
+        ResultWriter {
+            inner: writer,
+            bytes: 0,
+        }
+    }
+
+    /// Size of a stored object.
+    pub async fn size(&self, key: &str) -> Result<u64, ResultsError> {
+        let meta = self
+            .store
+            .head(&self.path(key))
+            .await
+            .map_err(|e| not_found(key, e))?;
+        Ok(meta.size)
+    }
+
+    /// Streams `range` (or all) of an object.
+    pub async fn read(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, ResultsError>>, ResultsError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&self.path(key), options)
+            .await
+            .map_err(|e| not_found(key, e))?;
+        Ok(result
+            .into_stream()
+            .map(|r| r.map_err(ResultsError::from))
+            .boxed())
+    }
+
+    /// Deletes an object; deleting a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), ResultsError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keys of every stored result object (for tests and orphan collection).
+    pub async fn list_keys(&self) -> Result<Vec<String>, ResultsError> {
+        let base = self.path("results");
+        let mut keys = Vec::new();
+        let mut listing = self.store.list(Some(&base));
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            let full = meta.location.to_string();
+            let key = match self.prefix.as_ref() {
+                "" => full,
+                p => full
+                    .strip_prefix(&format!("{p}/"))
+                    .unwrap_or(&full)
+                    .to_string(),
+            };
+            keys.push(key);
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+fn not_found(key: &str, e: object_store::Error) -> ResultsError {
+    match e {
+        object_store::Error::NotFound { .. } => ResultsError::NotFound(key.to_string()),
+        other => ResultsError::Store(other),
+    }
+}
+
+/// `./results` and `/var/lib/x` are paths; anything with `://` is a URL.
+fn to_url(text: &str) -> Result<url::Url, ResultsError> {
+    if text.contains("://") {
+        return url::Url::parse(text).map_err(|e| ResultsError::Url {
+            url: text.to_string(),
+            message: e.to_string(),
+        });
+    }
+    let path = std::path::absolute(text).map_err(|e| ResultsError::Url {
+        url: text.to_string(),
+        message: e.to_string(),
+    })?;
+    url::Url::from_directory_path(&path).map_err(|_| ResultsError::Url {
+        url: text.to_string(),
+        message: "not an absolute path".into(),
+    })
+}
+
+/// A result being written. Dropping it without [`finish`](Self::finish) leaves no
+/// visible object, but call [`abort`](Self::abort) to clean up uploaded parts at once.
+pub struct ResultWriter {
+    inner: BufWriter,
+    bytes: u64,
+}
+
+impl ResultWriter {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ResultsError> {
+        self.inner.write_all(chunk).await?;
+        self.bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Completes the upload; the object becomes visible.
+    pub async fn finish(mut self) -> Result<u64, ResultsError> {
+        self.inner.shutdown().await?;
+        Ok(self.bytes)
+    }
+
+    /// Cancels the upload and removes what was uploaded.
+    pub async fn abort(mut self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::warn!(error = %e, "could not abort a result upload");
+        }
+    }
+}

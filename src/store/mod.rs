@@ -1,0 +1,106 @@
+//! Everything that touches PostgreSQL. All SQL of Sluice lives in this module and its
+//! children, next to the function that needs it.
+//!
+//! - [`submit`]: create an execution, collapse a duplicate into the in-flight one, or
+//!   supersede an in-flight one whose SQL changed.
+//! - [`queue`]: the worker's side: claim, heartbeat, complete, fail, cancel, hand back.
+//!   Every write after a claim is fenced by `(id, attempt, worker_id)` and
+//!   `status = 'RUNNING'`, so a worker that lost its lease updates zero rows.
+//! - [`read`]: get and list for the API.
+//! - [`maintenance`]: the bookkeeper's passes.
+//!
+//! The store never talks to ClickHouse or the object store, and never decides policy
+//! (which tier, how many attempts): callers pass those in.
+
+pub mod maintenance;
+pub mod queue;
+pub mod read;
+pub mod submit;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+
+/// NOTIFY channel the api signals when work is queued; the payload is the tier.
+pub const WORK_CHANNEL: &str = "sluice_work";
+/// NOTIFY channel the api signals when a RUNNING execution must stop; the payload is its id.
+pub const CANCEL_CHANNEL: &str = "sluice_cancel";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres cannot be reached (connection refused, pool exhausted, ...).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("gave up after repeated conflicts on query_id `{0}`")]
+    Contention(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The handle every role shares: a connection pool plus the statements in the submodules.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects lazily-checked: the pool is created and one connection is tried, so a
+    /// wrong URL fails at start-up with a clear message.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A dedicated LISTEN connection (not from the pool: it stays open).
+    pub async fn listener(&self, channels: &[&str]) -> Result<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all(channels.iter().copied()).await?;
+        Ok(listener)
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Postgres' unique_violation, raised when two submits race for one in-flight key.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}

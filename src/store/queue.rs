@@ -1,0 +1,238 @@
+//! The worker's side of the queue.
+//!
+//! Semantics:
+//! - **Claim** takes up to `n` runnable rows of one tier in one statement, highest
+//!   priority first and oldest first within a priority, skipping rows other workers have
+//!   locked (`FOR UPDATE SKIP LOCKED`). Each claim bumps `attempt`, which becomes the
+//!   lease's fencing token, and sets `lease_expires_at`.
+//! - **Every later write is fenced** by [`Fence`]: `id`, `attempt`, `worker_id` and
+//!   `status = 'RUNNING'`. A worker whose lease was reclaimed, or whose execution was
+//!   canceled or superseded, updates zero rows and learns that it must stop.
+//! - **Heartbeat** renews the lease and stores progress in one UPDATE of columns that are
+//!   in no index (a HOT update), and reports whether a cancel was requested.
+//! - **Hand back** (graceful shutdown) returns a RUNNING execution to PENDING without
+//!   charging it an attempt.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{CANCEL_CHANNEL, Result, Store};
+use crate::execution::{ErrorInfo, Execution, Progress, ResultMeta};
+
+/// Identifies one claim of one execution: the lease's fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub worker_id: String,
+}
+
+impl Fence {
+    pub fn of(execution: &Execution, worker_id: &str) -> Fence {
+        Fence {
+            id: execution.id,
+            attempt: execution.attempt,
+            worker_id: worker_id.to_string(),
+        }
+    }
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The lease is renewed; keep going.
+    Alive,
+    /// The lease is renewed, and a client asked to cancel.
+    CancelRequested,
+    /// The fence matched nothing: the execution was reclaimed, canceled or superseded.
+    Lost,
+}
+
+/// What a cancel request found.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// It was PENDING and is now CANCELED.
+    Canceled(Execution),
+    /// It is RUNNING; its worker has been signalled and will stop it.
+    Requested(Execution),
+    /// It had already finished; nothing changed.
+    AlreadyFinished(Execution),
+    NotFound,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    pub async fn claim(
+        &self,
+        tier: &str,
+        worker_id: &str,
+        n: i64,
+        lease: Duration,
+    ) -> Result<Vec<Execution>> {
+        let rows = sqlx::query_as::<_, Execution>(
+            "UPDATE executions SET status = 'RUNNING', attempt = attempt + 1, \
+                 worker_id = $2, lease_expires_at = now() + $3 * interval '1 millisecond', \
+                 started_at = now(), progress = NULL \
+             WHERE id IN ( \
+                 SELECT id FROM executions \
+                 WHERE status = 'PENDING' AND tier = $1 AND run_after <= now() \
+                 ORDER BY priority DESC, id \
+                 LIMIT $4 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(tier)
+        .bind(worker_id)
+        .bind(millis(lease))
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    pub async fn heartbeat(
+        &self,
+        fence: &Fence,
+        lease: Duration,
+        progress: Option<&Progress>,
+    ) -> Result<Beat> {
+        let row: Option<(bool,)> = sqlx::query_as(
+            "UPDATE executions SET \
+                 lease_expires_at = now() + $4 * interval '1 millisecond', \
+                 progress = COALESCE($5, progress) \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING' \
+             RETURNING cancel_requested_at IS NOT NULL",
+        )
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(millis(lease))
+        .bind(progress.map(sqlx::types::Json))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => Beat::Lost,
+            Some((true,)) => Beat::CancelRequested,
+            Some((false,)) => Beat::Alive,
+        })
+    }
+
+    /// RUNNING -> SUCCEEDED. `false` when the fence no longer matches: the caller must
+    /// then delete the object it wrote, since no execution points at it.
+    pub async fn complete(
+        &self,
+        fence: &Fence,
+        result: &ResultMeta,
+        progress: &Progress,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'SUCCEEDED', finished_at = now(), \
+                 lease_expires_at = NULL, result = $4, progress = $5 \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+        )
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(sqlx::types::Json(result))
+        .bind(sqlx::types::Json(progress))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// RUNNING -> FAILED.
+    pub async fn fail(&self, fence: &Fence, error: &ErrorInfo) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'FAILED', finished_at = now(), \
+                 lease_expires_at = NULL, error = $4 \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+        )
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(sqlx::types::Json(error))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// RUNNING -> CANCELED, once the worker has stopped the query.
+    pub async fn mark_canceled(&self, fence: &Fence) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'CANCELED', finished_at = now(), \
+                 lease_expires_at = NULL, \
+                 error = jsonb_build_object('code', 'CANCELED', \
+                     'message', 'canceled on request; the ClickHouse query was killed') \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+        )
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// RUNNING -> PENDING on graceful shutdown. The attempt it used is given back (by
+    /// raising `max_attempts`), since the execution did nothing wrong.
+    pub async fn hand_back(&self, fence: &Fence) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'PENDING', worker_id = NULL, \
+                 lease_expires_at = NULL, progress = NULL, run_after = now(), \
+                 max_attempts = max_attempts + 1 \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING' \
+             RETURNING tier",
+        )
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = done else { return Ok(false) };
+        let tier: String = sqlx::Row::try_get(&row, "tier")?;
+        self.notify_work(&tier).await?;
+        Ok(true)
+    }
+
+    /// A client's cancel. PENDING becomes CANCELED at once; RUNNING gets
+    /// `cancel_requested_at` and a NOTIFY to its worker, which kills the ClickHouse query
+    /// and then marks it CANCELED.
+    pub async fn request_cancel(&self, id: Uuid, tenant: Option<&str>) -> Result<CancelOutcome> {
+        let row = sqlx::query_as::<_, Execution>(
+            "UPDATE executions SET \
+                 status = CASE WHEN status = 'PENDING' THEN 'CANCELED'::execution_status \
+                          ELSE status END, \
+                 finished_at = CASE WHEN status = 'PENDING' THEN now() ELSE finished_at END, \
+                 error = CASE WHEN status = 'PENDING' THEN jsonb_build_object( \
+                     'code', 'CANCELED', 'message', 'canceled on request before it started') \
+                     ELSE error END, \
+                 cancel_requested_at = COALESCE(cancel_requested_at, now()) \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) \
+               AND status IN ('PENDING', 'RUNNING') \
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(e) if e.status == crate::execution::Status::Running => {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_CHANNEL)
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(CancelOutcome::Requested(e))
+            }
+            Some(e) => Ok(CancelOutcome::Canceled(e)),
+            None => Ok(match self.get(id, tenant).await? {
+                Some(e) => CancelOutcome::AlreadyFinished(e),
+                None => CancelOutcome::NotFound,
+            }),
+        }
+    }
+}

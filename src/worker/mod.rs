@@ -1,0 +1,264 @@
+//! A worker serves exactly one tier: it claims that tier's executions, runs them on the
+//! tier's ClickHouse and streams their results into the result store.
+//!
+//! Queue semantics (the SQL is in `store::queue`):
+//! - It claims up to its free slots (`tiers.<t>.concurrency`) in one statement with
+//!   `FOR UPDATE SKIP LOCKED`, so any number of workers share a tier without double
+//!   claims, and never touches another tier's rows.
+//! - It wakes on `NOTIFY sluice_work` for its tier, and polls every
+//!   `worker.poll_interval` in case a notification was lost.
+//! - It listens on `sluice_cancel` to stop a running execution within milliseconds of a
+//!   cancel; the heartbeat also sees `cancel_requested_at`, as a fallback.
+//! - On shutdown it stops claiming, lets running executions finish for
+//!   `worker.shutdown_grace`, then kills the rest on ClickHouse and hands them back to
+//!   PENDING.
+//!
+//! A worker never changes an execution it has not claimed, and never writes without its
+//! fence (see `store::queue`).
+
+mod rows;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+use uuid::Uuid;
+
+use crate::clickhouse::{Endpoint, EngineError};
+use crate::config::{Config, TierConfig, WorkerConfig};
+use crate::results::ResultStore;
+use crate::store::{CANCEL_CHANNEL, Store, StoreError, WORK_CHANNEL};
+pub use run::Signals;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("tier `{0}` is not configured")]
+    UnknownTier(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters of what a worker did, for tests and the bench.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub claimed: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub canceled: AtomicU64,
+    pub lost: AtomicU64,
+    pub handed_back: AtomicU64,
+}
+
+impl WorkerStats {
+    fn record(&self, outcome: &str) {
+        let counter = match outcome {
+            "succeeded" => &self.succeeded,
+            "failed" => &self.failed,
+            "canceled" => &self.canceled,
+            "lost" => &self.lost,
+            _ => &self.handed_back,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    id: String,
+    tier: String,
+    tier_config: TierConfig,
+    config: WorkerConfig,
+    store: Store,
+    results: ResultStore,
+    engine: Endpoint,
+    stats: Arc<WorkerStats>,
+}
+
+/// What the LISTEN task forwards to the claim loop.
+enum Event {
+    Work,
+    Cancel(Uuid),
+}
+
+impl Worker {
+    pub fn new(
+        config: &Config,
+        tier: &str,
+        store: Store,
+        results: ResultStore,
+    ) -> Result<Worker, WorkerError> {
+        let tier_config = config
+            .tier(tier)
+            .ok_or_else(|| WorkerError::UnknownTier(tier.to_string()))?
+            .clone();
+        let engine = Endpoint::new(&tier_config)?;
+        Ok(Worker {
+            id: worker_id(tier),
+            tier: tier.to_string(),
+            tier_config,
+            config: config.worker.clone(),
+            store,
+            results,
+            engine,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` fires, then drains as described in the module comment.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let span = tracing::info_span!("worker", tier = %self.tier, worker_id = %self.id);
+        self.run_in_span(shutdown).instrument(span).await
+    }
+
+    async fn run_in_span(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let slots = self.tier_config.concurrency;
+        info!(slots, "worker started");
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let listen = tokio::spawn(
+            listen(
+                self.store.clone(),
+                self.tier.clone(),
+                events_tx,
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
+
+        let running: Arc<Mutex<HashMap<Uuid, Signals>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        let mut claim_now = true;
+        while !shutdown.is_cancelled() {
+            let free = slots.saturating_sub(tasks.len());
+            if claim_now && free > 0 {
+                match self
+                    .store
+                    .claim(&self.tier, &self.id, free as i64, self.config.lease)
+                    .await
+                {
+                    Ok(claimed) => {
+                        for execution in claimed {
+                            self.stats.claimed.fetch_add(1, Ordering::Relaxed);
+                            let signals = Signals::default();
+                            lock(&running).insert(execution.id, signals.clone());
+                            let worker = self.clone();
+                            let running = running.clone();
+                            tasks.spawn(async move {
+                                let id = execution.id;
+                                worker.execute(execution, signals).await;
+                                lock(&running).remove(&id);
+                            });
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claim failed"),
+                }
+            }
+            claim_now = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => claim_now = true,
+                Some(event) = events.recv() => match event {
+                    Event::Work => claim_now = true,
+                    Event::Cancel(id) => {
+                        if let Some(s) = lock(&running).get(&id) {
+                            s.cancel.cancel();
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(self.config.poll_interval) => claim_now = true,
+            }
+        }
+
+        info!(
+            running = tasks.len(),
+            grace = ?self.config.shutdown_grace,
+            "stopping: no new claims; waiting for running executions"
+        );
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            let rest: Vec<Signals> = lock(&running).values().cloned().collect();
+            warn!(
+                count = rest.len(),
+                "grace period over: handing running executions back"
+            );
+            for s in rest {
+                s.hand_back.cancel();
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        listen.abort();
+        info!("worker stopped");
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking execution task must not take the whole worker down with it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Forwards notifications for this tier to the claim loop, reconnecting after errors.
+async fn listen(
+    store: Store,
+    tier: String,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let mut listener = match store.listener(&[WORK_CHANNEL, CANCEL_CHANNEL]).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot LISTEN; relying on polling until it works");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = std::time::Duration::from_millis(100);
+        loop {
+            let n = match listener.recv().await {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "LISTEN connection lost");
+                    break;
+                }
+            };
+            let event = match n.channel() {
+                WORK_CHANNEL if n.payload() == tier => Event::Work,
+                CANCEL_CHANNEL => match n.payload().parse() {
+                    Ok(id) => Event::Cancel(id),
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            // A full queue already holds a wake-up; dropping this one loses nothing.
+            let _ = events.try_send(event);
+        }
+    }
+}
+
+fn worker_id(tier: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let nonce = &Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{tier}-{nonce}", std::process::id())
+}

@@ -1,0 +1,109 @@
+//! Counting rows of a result while it streams through, without decoding it.
+//!
+//! Text formats put one row per line (after their header lines); CSV may hold a newline
+//! inside a quoted field, so it tracks quotes. JSON and JSONCompact state `"rows": N` near
+//! their end. Binary formats (Native, Parquet, Arrow) are not decoded: their count stays
+//! unknown rather than guessed.
+
+use crate::execution::RowCounting;
+
+#[derive(Debug)]
+pub struct RowCounter {
+    mode: RowCounting,
+    newlines: u64,
+    in_quotes: bool,
+}
+
+impl RowCounter {
+    pub fn new(mode: RowCounting) -> RowCounter {
+        RowCounter {
+            mode,
+            newlines: 0,
+            in_quotes: false,
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match self.mode {
+            RowCounting::Lines { .. } => {
+                self.newlines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+            }
+            RowCounting::CsvLines { .. } => {
+                if !self.in_quotes && memchr::memchr(b'"', chunk).is_none() {
+                    self.newlines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+                    return;
+                }
+                for &b in chunk {
+                    match b {
+                        b'"' => self.in_quotes = !self.in_quotes,
+                        b'\n' if !self.in_quotes => self.newlines += 1,
+                        _ => {}
+                    }
+                }
+            }
+            RowCounting::JsonRowsField | RowCounting::Unknown => {}
+        }
+    }
+
+    /// The row count, given the last bytes of the stream (for `"rows": N`).
+    pub fn finish(&self, tail: &[u8]) -> Option<u64> {
+        match self.mode {
+            RowCounting::Lines { header_lines } | RowCounting::CsvLines { header_lines } => {
+                Some(self.newlines.saturating_sub(header_lines))
+            }
+            RowCounting::JsonRowsField => json_rows_field(tail),
+            RowCounting::Unknown => None,
+        }
+    }
+}
+
+/// The value of the last `"rows": N` in `tail`.
+fn json_rows_field(tail: &[u8]) -> Option<u64> {
+    let key = b"\"rows\":";
+    let pos = memchr::memmem::rfind(tail, key)?;
+    let rest = &tail[pos + key.len()..];
+    let digits: String = rest
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .map(|&b| b as char)
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_lines_minus_headers() {
+        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 2 });
+        c.feed(b"a\tb\nUInt8\tString\n1\tx\n");
+        c.feed(b"2\ty\n");
+        assert_eq!(c.finish(b""), Some(2));
+    }
+
+    #[test]
+    fn csv_newlines_inside_quotes_are_not_rows() {
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 1 });
+        c.feed(b"\"s\"\n\"a\nb\"\n\"c\"\"");
+        c.feed(b"\nd\"\n");
+        assert_eq!(c.finish(b""), Some(2));
+    }
+
+    #[test]
+    fn json_reads_the_rows_field() {
+        let c = RowCounter::new(RowCounting::JsonRowsField);
+        assert_eq!(
+            c.finish(b"\t],\n\n\t\"rows\": 42,\n\n\t\"statistics\": {}\n}\n"),
+            Some(42)
+        );
+    }
+
+    #[test]
+    fn binary_formats_stay_unknown() {
+        let mut c = RowCounter::new(RowCounting::Unknown);
+        c.feed(b"\n\n\n");
+        assert_eq!(c.finish(b""), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! One attempt of one execution, from claim to final status.
+//!
+//! The attempt races three signals against the work itself:
+//! - **cancel** (a client's cancel, from NOTIFY or the heartbeat): kill the ClickHouse
+//!   query, abort the upload, mark CANCELED;
+//! - **lost** (a heartbeat updated zero rows: reclaimed, superseded): kill, abort, write
+//!   nothing more;
+//! - **hand back** (worker shutting down after its grace period): kill, abort, return the
+//!   execution to PENDING.
+//!
+//! Dropping the HTTP response alone does not stop a ClickHouse query that has not yet
+//! sent output, hence the explicit `KILL QUERY ... SYNC` on every interruption.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use super::Worker;
+use super::rows::RowCounter;
+use crate::clickhouse::{EngineError, Tail};
+use crate::execution::{ErrorInfo, Execution, Format, Progress, ResultMeta};
+use crate::results::{ResultWriter, ResultsError};
+use crate::store::queue::{Beat, Fence};
+
+/// Signals an attempt listens to.
+#[derive(Clone, Default)]
+pub struct Signals {
+    pub cancel: CancellationToken,
+    pub hand_back: CancellationToken,
+}
+
+enum Outcome {
+    Succeeded(ResultMeta),
+    Failed(ErrorInfo),
+    Canceled,
+    Lost,
+    HandedBack,
+}
+
+impl Worker {
+    pub(super) async fn execute(&self, execution: Execution, signals: Signals) {
+        let span = tracing::info_span!(
+            "execution",
+            execution_id = %execution.id,
+            tier = %execution.tier,
+            attempt = execution.attempt,
+        );
+        self.execute_in_span(execution, signals)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_span(&self, execution: Execution, signals: Signals) {
+        let fence = Fence::of(&execution, &self.id);
+        let query_id = execution.clickhouse_query_id();
+        info!(query_id, "running");
+        let lost = CancellationToken::new();
+        let result_bytes = Arc::new(AtomicU64::new(0));
+        let heartbeat = tokio::spawn(
+            self.clone()
+                .heartbeat(
+                    fence.clone(),
+                    query_id.clone(),
+                    signals.cancel.clone(),
+                    lost.clone(),
+                    result_bytes.clone(),
+                )
+                .in_current_span(),
+        );
+
+        let mut writer: Option<ResultWriter> = None;
+        let outcome = {
+            let work = self.produce(&execution, &query_id, &mut writer, &result_bytes);
+            tokio::select! {
+                biased;
+                _ = signals.cancel.cancelled() => Outcome::Canceled,
+                _ = lost.cancelled() => Outcome::Lost,
+                _ = signals.hand_back.cancelled() => Outcome::HandedBack,
+                outcome = work => outcome,
+            }
+        };
+        heartbeat.abort();
+
+        let interrupted = matches!(
+            outcome,
+            Outcome::Canceled | Outcome::Lost | Outcome::HandedBack
+        );
+        if interrupted && let Err(e) = self.engine.kill(&query_id).await {
+            warn!(query_id, error = %e, "KILL QUERY failed");
+        }
+        if let Some(w) = writer.take() {
+            w.abort().await;
+        }
+
+        let progress = Progress {
+            result_bytes: result_bytes.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        let written = match &outcome {
+            Outcome::Succeeded(meta) => {
+                let ok = self.store.complete(&fence, meta, &progress).await;
+                if !matches!(ok, Ok(true)) {
+                    // Nobody will ever point at this object: ours is a stale attempt.
+                    if let Err(e) = self.results.delete(&meta.object_key).await {
+                        warn!(error = %e, "could not delete an abandoned result");
+                    }
+                }
+                ok
+            }
+            Outcome::Failed(error) => self.store.fail(&fence, error).await,
+            Outcome::Canceled => self.store.mark_canceled(&fence).await,
+            Outcome::HandedBack => self.store.hand_back(&fence).await,
+            Outcome::Lost => Ok(false),
+        };
+        let label = match &outcome {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed(_) => "failed",
+            Outcome::Canceled => "canceled",
+            Outcome::Lost => "lost",
+            Outcome::HandedBack => "handed_back",
+        };
+        self.stats.record(label);
+        match written {
+            Ok(true) => info!(outcome = label, "finished"),
+            Ok(false) => warn!(
+                outcome = label,
+                "lease lost: the execution was reclaimed, canceled or superseded meanwhile"
+            ),
+            Err(e) => warn!(outcome = label, error = %e, "could not record the outcome"),
+        }
+        if let Outcome::Failed(e) = &outcome {
+            info!(
+                code = e.code,
+                clickhouse_code = e.clickhouse_code,
+                message = e.message,
+                "failed"
+            );
+        }
+    }
+
+    /// Describe, run and store. Leaves an unfinished writer in `writer` so the caller
+    /// can abort it whatever happens, including when this future is dropped.
+    async fn produce(
+        &self,
+        execution: &Execution,
+        query_id: &str,
+        writer: &mut Option<ResultWriter>,
+        result_bytes: &AtomicU64,
+    ) -> Outcome {
+        let Some(format) = execution.format() else {
+            return Outcome::Failed(ErrorInfo {
+                code: "INVALID_EXECUTION".into(),
+                message: format!("unknown format `{}`", execution.format),
+                clickhouse_code: None,
+            });
+        };
+        let settings = &execution.settings.0;
+        let version = match self.engine.version().await {
+            Ok(v) => v,
+            Err(e) => return Outcome::Failed(engine_error(e)),
+        };
+        if let Err(e) = version.check_format(format) {
+            return Outcome::Failed(engine_error(e));
+        }
+        let columns = match self.engine.describe(&execution.sql, settings).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(engine_error(e)),
+        };
+
+        let key = self.results.key(execution.id, execution.attempt, format);
+        let mut stream = match self
+            .engine
+            .stream(&execution.sql, query_id, format, settings)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(engine_error(e)),
+        };
+        let w = writer.insert(self.results.writer(&key));
+        let mut tail = Tail::default();
+        let mut rows = RowCounter::new(format.row_counting());
+        loop {
+            let chunk = match stream.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Outcome::Failed(engine_error(e)),
+            };
+            if let Err(e) = w.write(&chunk).await {
+                return Outcome::Failed(storage_error(e));
+            }
+            tail.push(&chunk);
+            rows.feed(&chunk);
+            result_bytes.store(w.bytes_written(), Ordering::Relaxed);
+        }
+        if let Some(e) = tail.exception(stream.exception_tag()) {
+            return Outcome::Failed(engine_error(EngineError::Server(e)));
+        }
+        let Some(w) = writer.take() else {
+            return Outcome::Failed(storage_error(ResultsError::NotFound(key)));
+        };
+        let bytes = match w.finish().await {
+            Ok(n) => n,
+            Err(e) => {
+                // A failed completion may still have left an object behind.
+                let _ = self.results.delete(&key).await;
+                return Outcome::Failed(storage_error(e));
+            }
+        };
+        Outcome::Succeeded(ResultMeta {
+            object_key: key,
+            format,
+            content_type: Format::content_type(format).to_string(),
+            bytes,
+            rows: rows.finish(&tail.bytes()),
+            columns,
+        })
+    }
+
+    /// Renews the lease and records progress until aborted. Turns what it learns into
+    /// the `cancel` and `lost` signals.
+    async fn heartbeat(
+        self,
+        fence: Fence,
+        query_id: String,
+        cancel: CancellationToken,
+        lost: CancellationToken,
+        result_bytes: Arc<AtomicU64>,
+    ) {
+        let mut interval = tokio::time::interval(self.config.heartbeat);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await; // the claim itself just set the lease
+        loop {
+            interval.tick().await;
+            let stats = self.engine.progress(&query_id).await.ok().flatten();
+            let progress = Progress {
+                read_rows: stats.as_ref().map_or(0, |s| s.read_rows),
+                read_bytes: stats.as_ref().map_or(0, |s| s.read_bytes),
+                total_rows_approx: stats.as_ref().map_or(0, |s| s.total_rows_approx),
+                elapsed_seconds: stats.as_ref().map_or(0.0, |s| s.elapsed),
+                memory_usage: stats.as_ref().map_or(0, |s| s.memory_usage),
+                result_bytes: result_bytes.load(Ordering::Relaxed),
+            };
+            match self
+                .store
+                .heartbeat(&fence, self.config.lease, Some(&progress))
+                .await
+            {
+                Ok(Beat::Alive) => {}
+                Ok(Beat::CancelRequested) => cancel.cancel(),
+                Ok(Beat::Lost) => {
+                    lost.cancel();
+                    return;
+                }
+                // The lease outlives a few failed beats; the bookkeeper reclaims it if
+                // Postgres stays away longer.
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+fn engine_error(e: EngineError) -> ErrorInfo {
+    match e {
+        EngineError::Server(x) => ErrorInfo {
+            code: "CLICKHOUSE_ERROR".into(),
+            message: x.message,
+            clickhouse_code: x.code,
+        },
+        EngineError::Transport(m) => ErrorInfo {
+            code: "CLICKHOUSE_UNAVAILABLE".into(),
+            message: format!("cannot reach ClickHouse: {m}"),
+            clickhouse_code: None,
+        },
+        EngineError::Unsupported(m) => ErrorInfo {
+            code: "UNSUPPORTED_BY_SERVER".into(),
+            message: m,
+            clickhouse_code: None,
+        },
+        EngineError::Protocol(m) => ErrorInfo {
+            code: "CLICKHOUSE_PROTOCOL".into(),
+            message: m,
+            clickhouse_code: None,
+        },
+    }
+}
+
+fn storage_error(e: ResultsError) -> ErrorInfo {
+    ErrorInfo {
+        code: "STORAGE_ERROR".into(),
+        message: format!("could not store the result: {e}"),
+        clickhouse_code: None,
+    }
+}
