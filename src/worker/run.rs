@@ -185,7 +185,15 @@ impl Worker {
             let chunk = match stream.chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                Err(e) => return Outcome::Failed(engine_error(e)),
+                // 25.11+ servers end the body right after a tagged exception, without the
+                // closing chunk: the exception, if there is one, is the real error.
+                Err(e) => {
+                    let e = match tail.exception(stream.exception_tag()) {
+                        Some(x) => EngineError::Server(x),
+                        None => e,
+                    };
+                    return Outcome::Failed(engine_error(e));
+                }
             };
             if let Err(e) = w.write(&chunk).await {
                 return Outcome::Failed(storage_error(e));

@@ -1,0 +1,338 @@
+//! Test harness: a real Sluice (api + workers) in the test process, over the test's own
+//! Postgres database (from `#[sqlx::test]`), the ClickHouse server named by
+//! `SLUICE_TEST_CLICKHOUSE_URL` (started by `make test`), and a private result directory
+//! or S3 bucket. Nothing is mocked.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use sluice::api::{self, ApiContext};
+use sluice::config::Config;
+use sluice::results::ResultStore;
+use sluice::store::Store;
+use sluice::worker::{Worker, WorkerStats};
+
+pub fn clickhouse_url() -> String {
+    std::env::var("SLUICE_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8125".into())
+}
+
+pub fn s3_endpoint() -> String {
+    std::env::var("SLUICE_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+/// Runs a query directly on the test ClickHouse, as a tier with default settings would.
+pub async fn clickhouse_direct(sql: &str, format: &str, settings: &[(&str, &str)]) -> Vec<u8> {
+    let mut params: Vec<(&str, &str)> = vec![("default_format", format)];
+    params.extend_from_slice(settings);
+    params.push(("readonly", "1"));
+    let response = reqwest::Client::new()
+        .post(clickhouse_url())
+        .query(&params)
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("ClickHouse answers");
+    assert!(
+        response.status().is_success(),
+        "direct query failed: {}",
+        response.text().await.unwrap()
+    );
+    response.bytes().await.unwrap().to_vec()
+}
+
+/// Plain-text answer of an administrative query on the test ClickHouse.
+pub async fn clickhouse_text(sql: &str) -> String {
+    reqwest::Client::new()
+        .post(clickhouse_url())
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("ClickHouse answers")
+        .text()
+        .await
+        .unwrap()
+}
+
+/// (major, minor) of the test ClickHouse.
+pub async fn server_version() -> (u32, u32) {
+    let v = clickhouse_text("SELECT version() FORMAT TSV").await;
+    let mut parts = v.trim().split('.');
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    )
+}
+
+pub async fn is_modern() -> bool {
+    server_version().await >= (20, 1)
+}
+
+/// Count of queries with this query_id running on the test ClickHouse.
+pub async fn running_on_clickhouse(query_id: &str) -> usize {
+    clickhouse_text(&format!(
+        "SELECT count() FROM system.processes WHERE query_id = '{query_id}' FORMAT TSV"
+    ))
+    .await
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A query that runs until killed, on both server versions (18.x forbids table functions
+/// such as `numbers()` under readonly = 1, so it reads `system.numbers`).
+pub const LONG_SQL: &str = "SELECT count() FROM system.numbers";
+pub fn long_settings() -> Value {
+    json!({ "max_threads": 1 })
+}
+
+/// How the test wants Sluice configured.
+pub struct Setup {
+    /// Tier names; each gets the test ClickHouse and default settings.
+    pub tiers: Vec<&'static str>,
+    /// One in-process worker per entry, serving that tier.
+    pub workers: Vec<&'static str>,
+    /// Extra TOML appended to the configuration.
+    pub extra: String,
+    /// TOML for `[results]`; a private temp directory when `None`.
+    pub results: Option<String>,
+    pub tier_extra: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            tiers: vec!["default"],
+            workers: vec!["default"],
+            extra: String::new(),
+            results: None,
+            tier_extra: String::new(),
+        }
+    }
+}
+
+pub struct Harness {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Store,
+    pub results: ResultStore,
+    pub config: Config,
+    pub shutdown: CancellationToken,
+    pub worker_stats: Vec<std::sync::Arc<WorkerStats>>,
+    pub results_dir: tempfile::TempDir,
+    tasks: Vec<JoinHandle<()>>,
+    worker_shutdowns: Vec<CancellationToken>,
+}
+
+/// The URL of the test's own database, for processes the test spawns.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by make test");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_string();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&db);
+    url.to_string()
+}
+
+pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) -> String {
+    let mut toml = format!(
+        "database_url = \"{}\"\ndefault_tier = \"{}\"\n",
+        database_url(pool),
+        setup.tiers[0]
+    );
+    toml.push_str("[api]\nlisten = \"127.0.0.1:0\"\n");
+    toml.push_str(
+        &setup
+            .results
+            .clone()
+            .unwrap_or_else(|| format!("[results]\nurl = \"{}\"\n", results_dir.display())),
+    );
+    toml.push_str(
+        "[worker]\npoll_interval = \"500ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\nshutdown_grace = \"2s\"\n",
+    );
+    toml.push_str(&setup.extra);
+    for tier in &setup.tiers {
+        toml.push_str(&format!(
+            "[tiers.{tier}]\nclickhouse_url = \"{}\"\nconcurrency = 4\n{}\n",
+            clickhouse_url(),
+            setup.tier_extra
+        ));
+    }
+    toml
+}
+
+impl Harness {
+    pub async fn start(pool: PgPool) -> Harness {
+        Harness::with(pool, Setup::default()).await
+    }
+
+    pub async fn with(pool: PgPool, setup: Setup) -> Harness {
+        let results_dir = tempfile::tempdir().unwrap();
+        let toml = config_toml(&pool, &setup, results_dir.path());
+        let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let store = Store::from_pool(pool);
+        let results = ResultStore::new(&config.results).unwrap();
+        let shutdown = CancellationToken::new();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let ctx = ApiContext {
+            config: std::sync::Arc::new(config.clone()),
+            store: store.clone(),
+            results: results.clone(),
+        };
+        let api_shutdown = shutdown.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            api::serve(listener, ctx, api_shutdown).await.unwrap();
+        })];
+        let mut worker_stats = Vec::new();
+        let mut worker_shutdowns = Vec::new();
+        for tier in &setup.workers {
+            let worker = Worker::new(&config, tier, store.clone(), results.clone()).unwrap();
+            worker_stats.push(worker.stats());
+            let token = shutdown.child_token();
+            worker_shutdowns.push(token.clone());
+            tasks.push(tokio::spawn(async move {
+                worker.run(token).await.unwrap();
+            }));
+        }
+        Harness {
+            base,
+            http: reqwest::Client::new(),
+            store,
+            results,
+            config,
+            shutdown,
+            worker_stats,
+            results_dir,
+            tasks,
+            worker_shutdowns,
+        }
+    }
+
+    /// Stops the workers (SIGTERM equivalent) and waits for them.
+    pub async fn stop_workers(&mut self) {
+        for t in &self.worker_shutdowns {
+            t.cancel();
+        }
+        let workers: Vec<_> = self.tasks.drain(1..).collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST /v1/executions with a JSON body.
+    pub async fn submit(&self, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url("/v1/executions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Submits and returns the execution id, asserting it was created.
+    pub async fn submit_ok(&self, body: Value) -> String {
+        let (status, v) = self.submit(body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        v["execution"]["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get(&self, id: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/executions/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// Polls until the execution's status is one of `statuses`; panics after `deadline`.
+    pub async fn wait_for(&self, id: &str, statuses: &[&str], deadline: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let e = self.get(id).await;
+            if statuses.contains(&e["status"].as_str().unwrap()) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "execution {id} still {} after {deadline:?}, wanted {statuses:?}: {e}",
+                e["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_for(
+            id,
+            &["SUCCEEDED", "FAILED", "CANCELED", "EXPIRED"],
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    pub async fn download(&self, id: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/executions/{id}/result")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        (status, headers, r.bytes().await.unwrap().to_vec())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Polls `f` until it returns true; panics with `what` after `deadline`.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < deadline,
+            "not within {deadline:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn settings_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

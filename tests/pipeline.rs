@@ -1,0 +1,467 @@
+//! The pipeline end to end: submit, run on the real ClickHouse, store, download.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// NULLs, arrays, unicode (with a quote, a tab and a newline), dates, UInt64/Int64
+/// extremes: everything a format could get wrong. Works on 18.16 and 26.9.
+const RICH_SQL: &str = "SELECT number, \
+    toUInt64('18446744073709551615') AS u64_max, \
+    toInt64('-9223372036854775808') AS i64_min, \
+    if(number % 3 = 0, NULL, number) AS maybe, \
+    [number, number * 2] AS arr, \
+    concat('héllo ✓ 日本 \"q\" \\t tab \\n newline ', toString(number)) AS s, \
+    toDate('2020-02-29') + number AS d, \
+    toDateTime('2020-01-01 00:00:00', 'UTC') AS dt \
+    FROM system.numbers LIMIT 1000";
+
+async fn round_trip(h: &Harness, format: &str, settings: &[(&str, &str)]) {
+    let settings_json: serde_json::Map<_, _> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    let id = h
+        .submit_ok(json!({ "sql": RICH_SQL, "format": format, "settings": settings_json }))
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{format}: {e}");
+    let (status, headers, bytes) = h.download(&id).await;
+    assert_eq!(status, StatusCode::OK);
+    let direct = clickhouse_direct(RICH_SQL, format, settings).await;
+    assert!(!direct.is_empty());
+    assert!(
+        bytes == direct,
+        "{format}: {} bytes through Sluice, {} directly",
+        bytes.len(),
+        direct.len()
+    );
+    assert_eq!(e["result"]["bytes"], direct.len() as u64);
+    assert_eq!(
+        headers[reqwest::header::CONTENT_TYPE],
+        e["result"]["content_type"].as_str().unwrap()
+    );
+    let columns: Vec<&str> = e["result"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "number", "u64_max", "i64_min", "maybe", "arr", "s", "d", "dt"
+        ]
+    );
+    let maybe_type = e["result"]["columns"][3]["type"].as_str().unwrap();
+    assert_eq!(maybe_type, "Nullable(UInt64)");
+    if !matches!(format, "Native" | "Parquet") {
+        assert_eq!(e["result"]["rows"], 1000, "{format}: {e}");
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn every_format_round_trips_byte_for_byte(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let no_stats = [("output_format_write_statistics", "0")];
+    round_trip(&h, "JSONEachRow", &[]).await;
+    round_trip(&h, "JSON", &no_stats).await;
+    round_trip(&h, "JSONCompact", &no_stats).await;
+    round_trip(&h, "CSVWithNames", &[]).await;
+    round_trip(&h, "TabSeparatedWithNamesAndTypes", &[]).await;
+    round_trip(&h, "Native", &[]).await;
+    if is_modern().await {
+        round_trip(&h, "Parquet", &[]).await;
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn parquet_on_an_old_server_fails_with_a_clear_error(pool: PgPool) {
+    if is_modern().await {
+        return; // covered by the round trip above on servers that have Parquet
+    }
+    let h = Harness::start(pool).await;
+    let id = h
+        .submit_ok(json!({ "sql": "SELECT 1", "format": "Parquet" }))
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "FAILED");
+    assert_eq!(e["error"]["code"], "UNSUPPORTED_BY_SERVER");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Parquet needs ClickHouse >= 19.12"),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn range_requests_return_the_requested_bytes(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h
+        .submit_ok(
+            json!({ "sql": "SELECT number FROM system.numbers LIMIT 1000", "format": "TSV" }),
+        )
+        .await;
+    h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(60))
+        .await;
+    let (_, _, all) = h.download(&id).await;
+    let url = h.url(&format!("/v1/executions/{id}/result"));
+    let r = h
+        .http
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{}", all.len()).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &all[10..20]);
+    let r = h
+        .http
+        .get(&url)
+        .header("Range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &all[all.len() - 5..]);
+    let r = h
+        .http
+        .get(&url)
+        .header("Range", format!("bytes={}-", all.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", all.len()).as_str()
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn status_moves_pending_running_succeeded_with_timings(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, v) = h.submit(json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(v["outcome"], "created");
+    assert_eq!(v["execution"]["status"], "PENDING");
+    let id = v["execution"]["id"].as_str().unwrap().to_string();
+    // A worker arriving later picks it up (poll fallback: the NOTIFY was sent before it).
+    let worker =
+        sluice::worker::Worker::new(&h.config, "default", h.store.clone(), h.results.clone())
+            .unwrap();
+    let stop = h.shutdown.child_token();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let e = h
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(e["attempt"], 1);
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(e[field].is_string(), "{field} missing: {e}");
+    }
+    assert_eq!(e["result"]["rows"], 1);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sql_errors_fail_with_clickhouse_code(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let cases = [
+        ("SELEC 1", 62),
+        ("SELECT * FROM no_such_database.no_such_table", 81),
+        ("SELECT * FROM system.no_such_table", 60),
+    ];
+    for (sql, code) in cases {
+        let id = h.submit_ok(json!({ "sql": sql })).await;
+        let e = h.wait_terminal(&id).await;
+        assert_eq!(e["status"], "FAILED", "{sql}: {e}");
+        assert_eq!(e["error"]["code"], "CLICKHOUSE_ERROR");
+        assert_eq!(e["error"]["clickhouse_code"], code, "{sql}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("DB::Exception")
+        );
+        let (status, _, body) = h.download(&id).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "no_result");
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_error_after_data_has_streamed_fails_and_leaves_no_object(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    // Small blocks make ClickHouse send data (and a 200) before row 3,000,000 throws.
+    let id = h
+        .submit_ok(json!({
+            "sql": "SELECT number, throwIf(number = 3000000) FROM system.numbers LIMIT 4000000",
+            "settings": { "max_block_size": 1000 },
+        }))
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "FAILED", "{e}");
+    assert_eq!(e["error"]["clickhouse_code"], 395, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("throwIf"),
+        "{e}"
+    );
+    // Data did flow before the error: the failure was detected mid-stream.
+    assert!(e["progress"]["result_bytes"].as_u64().unwrap_or(0) > 0 || e["progress"].is_null());
+    assert!(
+        h.results.list_keys().await.unwrap().is_empty(),
+        "no object may remain"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn the_issue_example_of_a_mid_stream_error_fails_with_its_code(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h
+        // `numbers()` is a table function, which 18.x forbids under readonly = 1.
+        .submit_ok(
+            json!({ "sql": "SELECT throwIf(number = 100000) FROM system.numbers LIMIT 200000" }),
+        )
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "FAILED");
+    assert_eq!(e["error"]["clickhouse_code"], 395);
+    assert!(h.results.list_keys().await.unwrap().is_empty());
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn cancel_pending_is_immediate(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let r = h
+        .http
+        .post(h.url(&format!("/v1/executions/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "CANCELED");
+    // Canceling again is a no-op.
+    let r = h
+        .http
+        .post(h.url(&format!("/v1/executions/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h
+        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
+        .await;
+    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(30)).await;
+    let query_id = format!("{id}-{}", e["attempt"]);
+    eventually(
+        Duration::from_secs(30),
+        "the query runs on ClickHouse",
+        || async { running_on_clickhouse(&query_id).await == 1 },
+    )
+    .await;
+
+    let asked = Instant::now();
+    let r = h
+        .http
+        .post(h.url(&format!("/v1/executions/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let e = h
+        .wait_for(&id, &["CANCELED"], Duration::from_secs(30))
+        .await;
+    let took = asked.elapsed();
+    // The worker kills with KILL QUERY ... SYNC before it writes CANCELED.
+    assert_eq!(
+        running_on_clickhouse(&query_id).await,
+        0,
+        "still on ClickHouse"
+    );
+    assert_eq!(e["error"]["code"], "CANCELED");
+    assert!(h.results.list_keys().await.unwrap().is_empty());
+    eprintln!("RUNNING -> CANCELED took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "cancel took {took:?}, the contract is 2 s"
+    );
+
+    // Canceling a finished execution that is not CANCELED is a conflict.
+    let done = h.submit_ok(json!({ "sql": "SELECT 2" })).await;
+    h.wait_for(&done, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    let r = h
+        .http
+        .post(h.url(&format!("/v1/executions/{done}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_worker_for_tier_a_never_claims_tier_b(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            tiers: vec!["a", "b"],
+            workers: vec!["a"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut b_ids = Vec::new();
+    for i in 0..10 {
+        b_ids.push(
+            h.submit_ok(json!({ "sql": format!("SELECT {i}"), "tier": "b" }))
+                .await,
+        );
+    }
+    let a = h
+        .submit_ok(json!({ "sql": "SELECT 'a'", "tier": "a" }))
+        .await;
+    h.wait_for(&a, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    // Let the a-worker poll a few more times with b's work waiting.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for id in &b_ids {
+        let e = h.get(id).await;
+        assert_eq!(
+            e["status"], "PENDING",
+            "tier b was claimed by a tier-a worker: {e}"
+        );
+        assert_eq!(e["attempt"], 0);
+    }
+    assert_eq!(
+        h.worker_stats[0]
+            .claimed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn shutdown_hands_running_work_back_without_using_an_attempt(pool: PgPool) {
+    let mut h = Harness::start(pool).await;
+    let id = h
+        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
+        .await;
+    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(30)).await;
+    let query_id = format!("{id}-{}", e["attempt"]);
+    eventually(
+        Duration::from_secs(30),
+        "the query runs on ClickHouse",
+        || async { running_on_clickhouse(&query_id).await == 1 },
+    )
+    .await;
+    // Grace is 2 s in the harness; the query runs for minutes.
+    h.stop_workers().await;
+    let e = h.get(&id).await;
+    assert_eq!(e["status"], "PENDING", "{e}");
+    assert_eq!(
+        e["max_attempts"], 4,
+        "the handed-back attempt is given back: {e}"
+    );
+    assert_eq!(running_on_clickhouse(&query_id).await, 0);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn text_plain_submissions_work_like_agp(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let r = h
+        .http
+        .post(h.url("/v1/executions?format=CSVWithNames&priority=3"))
+        .header("content-type", "text/plain")
+        .body("SELECT 1 AS one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["execution"]["format"], "CSVWithNames");
+    assert_eq!(v["execution"]["priority"], 3);
+    let id = v["execution"]["id"].as_str().unwrap();
+    h.wait_for(id, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    let (_, _, body) = h.download(id).await;
+    assert_eq!(body, b"\"one\"\n1\n");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn list_is_newest_first_with_keyset_pagination(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            h.submit_ok(json!({ "sql": format!("SELECT {i}"), "query_id": "q" }))
+                .await,
+        );
+        // Same query_id, different SQL: each supersedes the previous.
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = h.url("/v1/executions?query_id=q&limit=2");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = h.http.get(url).send().await.unwrap().json().await.unwrap();
+        for e in page["executions"].as_array().unwrap() {
+            seen.push(e["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    let page: serde_json::Value = h
+        .http
+        .get(h.url("/v1/executions?status=canceled"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["executions"].as_array().unwrap().len(), 4);
+}
