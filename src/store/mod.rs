@@ -86,9 +86,15 @@ impl Store {
         Ok(())
     }
 
-    /// A dedicated LISTEN connection (not from the pool: it stays open).
+    /// A LISTEN connection of its own: a listener holds its connection for good, so it
+    /// must not take one of the pool's (sized for short statements).
     pub async fn listener(&self, channels: &[&str]) -> Result<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(self.pool.connect_options().as_ref().clone())
+            .await?;
+        let mut listener = PgListener::connect_with(&own).await?;
         listener.listen_all(channels.iter().copied()).await?;
         Ok(listener)
     }

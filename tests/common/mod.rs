@@ -150,7 +150,6 @@ pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) 
         database_url(pool),
         setup.tiers[0]
     );
-    toml.push_str("[api]\nlisten = \"127.0.0.1:0\"\n");
     toml.push_str(
         &setup
             .results
@@ -180,6 +179,13 @@ impl Harness {
         let results_dir = tempfile::tempdir().unwrap();
         let toml = config_toml(&pool, &setup, results_dir.path());
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        // sqlx::test's pool holds 5 connections; give Sluice a pool of production size
+        // on the same test database.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(pool.connect_options().as_ref().clone())
+            .await
+            .unwrap();
         let store = Store::from_pool(pool);
         let results = ResultStore::new(&config.results).unwrap();
         let shutdown = CancellationToken::new();

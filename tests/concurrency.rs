@@ -1,0 +1,219 @@
+//! Many workers, many clients: no double claims, exact dedup, clean supersede.
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+#[sqlx::test(migrations = "./migrations")]
+async fn eight_workers_run_500_executions_exactly_once(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec!["default"; 8],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        ids.push(
+            h.submit_ok(json!({ "sql": format!("SELECT {i} AS i") }))
+                .await,
+        );
+    }
+    for id in &ids {
+        let e = h.wait_terminal(id).await;
+        assert_eq!(e["status"], "SUCCEEDED", "{e}");
+        assert_eq!(e["attempt"], 1, "claimed more than once: {e}");
+    }
+    let claimed: u64 = h
+        .worker_stats
+        .iter()
+        .map(|s| s.claimed.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(claimed, 500, "claims across the 8 workers");
+    let busy = h
+        .worker_stats
+        .iter()
+        .filter(|s| s.claimed.load(Ordering::Relaxed) > 0)
+        .count();
+    assert!(
+        busy >= 2,
+        "work should spread over several workers, {busy} did any"
+    );
+    // One object per execution, each from attempt 1.
+    let keys = h.results.list_keys().await.unwrap();
+    assert_eq!(keys.len(), 500);
+    let owners: HashSet<_> = keys
+        .iter()
+        .map(|k| k.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(owners.len(), 500);
+    assert!(keys.iter().all(|k| k.ends_with("/1.ndjson")), "{keys:?}");
+    // Each result holds its own row.
+    let (_, _, body) = h.download(&ids[123]).await;
+    assert_eq!(body, b"{\"i\":123}\n");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn two_hundred_identical_posts_make_one_execution(pool: PgPool) {
+    // No worker: the execution stays in flight while every POST arrives.
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({ "sql": "SELECT 42", "format": "JSON" });
+    let posts = (0..200).map(|_| {
+        let http = h.http.clone();
+        let url = h.url("/v1/executions");
+        let body = body.clone();
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let status = r.status();
+            let v: serde_json::Value = r.json().await.unwrap();
+            (status, v)
+        }
+    });
+    let answers = futures::future::join_all(posts).await;
+    let ids: HashSet<_> = answers
+        .iter()
+        .map(|(_, v)| v["execution"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "all 200 POSTs must name one execution");
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let collapsed = answers
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::OK && v["outcome"] == "collapsed")
+        .count();
+    assert_eq!((created, collapsed), (1, 199));
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(h.get(&id).await["collapsed_count"], 199);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM executions")
+        .fetch_one(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_finished_execution_does_not_collapse_new_submits(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let first = h.submit_ok(json!({ "sql": "SELECT 7" })).await;
+    h.wait_for(&first, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    let second = h.submit_ok(json!({ "sql": "SELECT 7" })).await;
+    assert_ne!(first, second, "dedup is for in-flight executions only");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn different_settings_or_format_are_different_executions(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let b = h
+        .submit_ok(json!({ "sql": "SELECT 1", "format": "CSV" }))
+        .await;
+    let c = h
+        .submit_ok(json!({ "sql": "SELECT 1", "settings": { "max_threads": 2 } }))
+        .await;
+    assert_eq!(HashSet::from([&a, &b, &c]).len(), 3);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn same_query_id_with_new_sql_supersedes_the_pending_one(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let old = h
+        .submit_ok(json!({ "sql": "SELECT 1", "query_id": "report-7" }))
+        .await;
+    // Same query_id and SQL: collapses.
+    let (status, v) = h
+        .submit(json!({ "sql": "SELECT 1", "query_id": "report-7" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["outcome"], "collapsed");
+    assert_eq!(v["execution"]["id"], old.as_str());
+    // Same query_id, new SQL: supersedes.
+    let (status, v) = h
+        .submit(json!({ "sql": "SELECT 2", "query_id": "report-7" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(v["outcome"], "superseded");
+    assert_eq!(v["superseded"], old.as_str());
+    let new = v["execution"]["id"].as_str().unwrap();
+    let old_e = h.get(&old).await;
+    assert_eq!(old_e["status"], "CANCELED");
+    assert_eq!(old_e["error"]["code"], "SUPERSEDED");
+    assert_eq!(old_e["superseded_by"], new);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn superseding_a_running_execution_kills_its_query(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let old = h
+        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings(), "query_id": "nightly" }))
+        .await;
+    let e = h
+        .wait_for(&old, &["RUNNING"], Duration::from_secs(30))
+        .await;
+    let query_id = format!("{old}-{}", e["attempt"]);
+    eventually(
+        Duration::from_secs(30),
+        "the query runs on ClickHouse",
+        || async { running_on_clickhouse(&query_id).await == 1 },
+    )
+    .await;
+    let (status, v) = h
+        .submit(json!({ "sql": "SELECT 'v2'", "query_id": "nightly" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(v["superseded"], old.as_str());
+    let new = v["execution"]["id"].as_str().unwrap().to_string();
+    h.wait_for(&new, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(h.get(&old).await["status"], "CANCELED");
+    eventually(
+        Duration::from_secs(10),
+        "the superseded query is killed",
+        || async { running_on_clickhouse(&query_id).await == 0 },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the superseded attempt leaves no object",
+        || async {
+            h.results
+                .list_keys()
+                .await
+                .unwrap()
+                .iter()
+                .all(|k| !k.contains(&old))
+        },
+    )
+    .await;
+}
