@@ -287,6 +287,18 @@ fn default_max_attempts() -> i32 {
     3
 }
 
+/// Keys of [`Config`]; `SLUICE_<KEY>` environment variables override them.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "database_url",
+    "database_max_connections",
+    "default_tier",
+    "api",
+    "results",
+    "worker",
+    "bookkeeper",
+    "tiers",
+];
+
 /// The smallest part S3 accepts in a multipart upload (except the last).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 
@@ -297,7 +309,16 @@ impl Config {
         if let Some(path) = path {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("SLUICE_").split("__"));
+        // Only variables naming a configuration key: `SLUICE_CONFIG` (the file's path)
+        // and other tools' `SLUICE_*` variables are not configuration.
+        figment = figment.merge(
+            Env::prefixed("SLUICE_")
+                .filter(|key| {
+                    let top = key.as_str().split("__").next().unwrap_or_default();
+                    TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+                })
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -495,6 +516,21 @@ mod tests {
         let bad = format!("{MINIMAL}\nconcurency = 3\n");
         let e = Config::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("concurency"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_config_keys_and_ignores_other_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", MINIMAL)?;
+            jail.set_env("SLUICE_API__LISTEN", "0.0.0.0:9999");
+            jail.set_env("SLUICE_TIERS__DEFAULT__MAX_ATTEMPTS", "7");
+            jail.set_env("SLUICE_TEST_CLICKHOUSE_URL", "http://elsewhere");
+            jail.set_env("SLUICE_CONFIG", "s.toml");
+            let c = Config::load(Some(Path::new("s.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.api.listen.to_string(), "0.0.0.0:9999");
+            assert_eq!(c.tiers["default"].max_attempts, 7);
+            Ok(())
+        });
     }
 
     #[test]

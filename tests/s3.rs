@@ -1,0 +1,117 @@
+//! The result store on S3: a real S3-compatible server (moto_server, started by
+//! `make test`), which enforces S3's 5 MiB minimum part size.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// A fresh bucket for this test, so tests never see each other's objects.
+async fn bucket() -> String {
+    let name = format!("sluice-{}", uuid::Uuid::now_v7().simple());
+    let r = reqwest::Client::new()
+        .put(format!("{}/{name}", s3_endpoint()))
+        .send()
+        .await
+        .expect("moto_server answers (make test starts it)");
+    assert!(r.status().is_success(), "create bucket: {}", r.status());
+    name
+}
+
+fn s3_results(bucket: &str) -> String {
+    format!(
+        "[results]\nurl = \"s3://{bucket}/sluice\"\n\
+         options = {{ aws_endpoint = \"{}\", aws_region = \"us-east-1\", \
+         aws_access_key_id = \"test\", aws_secret_access_key = \"test\", \
+         aws_allow_http = \"true\" }}\n",
+        s3_endpoint()
+    )
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn results_stream_into_s3_with_multipart_and_back(pool: PgPool) {
+    let bucket = bucket().await;
+    let h = Harness::with(
+        pool,
+        Setup {
+            results: Some(s3_results(&bucket)),
+            ..Default::default()
+        },
+    )
+    .await;
+    // ~30 MB: several 8 MiB parts.
+    let sql = "SELECT number, toString(number) AS a, concat(a, a, a, a, a, a, a, a) AS b \
+               FROM system.numbers LIMIT 300000";
+    let id = h
+        .submit_ok(json!({ "sql": sql, "format": "TabSeparated" }))
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert!(e["result"]["bytes"].as_u64().unwrap() > 3 * 8 * 1024 * 1024 / 2);
+    let (status, _, body) = h.download(&id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body == clickhouse_direct(sql, "TabSeparated", &[]).await,
+        "bytes differ"
+    );
+
+    let keys = h.results.list_keys().await.unwrap();
+    assert_eq!(keys, vec![format!("results/{id}/1.tsv")]);
+
+    let r = h
+        .http
+        .get(h.url(&format!("/v1/executions/{id}/result")))
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[100..200]);
+
+    // Small results (one part, below the minimum) work too.
+    let small = h.submit_ok(json!({ "sql": "SELECT 'tiny'" })).await;
+    h.wait_for(&small, &["SUCCEEDED"], Duration::from_secs(60))
+        .await;
+    assert_eq!(h.download(&small).await.2, b"{\"'tiny'\":\"tiny\"}\n");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_failed_stream_leaves_nothing_in_s3(pool: PgPool) {
+    let bucket = bucket().await;
+    let h = Harness::with(
+        pool,
+        Setup {
+            results: Some(s3_results(&bucket)),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Fails after more than one part has been uploaded.
+    let id = h
+        .submit_ok(json!({
+            "sql": "SELECT number, toString(number) AS a, concat(a, a, a, a, a, a, a, a) AS b, \
+                    throwIf(number = 400000) FROM system.numbers LIMIT 500000",
+            "settings": { "max_block_size": 1000 },
+        }))
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "FAILED", "{e}");
+    assert_eq!(e["error"]["clickhouse_code"], 395);
+    assert!(h.results.list_keys().await.unwrap().is_empty());
+    // No multipart upload is left open either.
+    let uploads = reqwest::Client::new()
+        .get(format!("{}/{bucket}?uploads", s3_endpoint()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "dangling multipart upload: {uploads}"
+    );
+}
