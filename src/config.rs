@@ -519,6 +519,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
     fn environment_overrides_config_keys_and_ignores_other_variables() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("s.toml", MINIMAL)?;
