@@ -7,8 +7,9 @@
 //! the object of the attempt that replaced it.
 //!
 //! Writes are multipart uploads of `part_bytes` parts, at most `upload_concurrency` in
-//! flight, so a result of any size takes bounded memory. A write is only visible once
-//! [`ResultWriter::finish`] completes it; [`ResultWriter::abort`] leaves nothing behind.
+//! flight, so a result of any size takes bounded memory (see [`ResultWriter`]). A write is
+//! only visible once [`ResultWriter::finish`] completes it; [`ResultWriter::abort`] leaves
+//! nothing behind.
 //!
 //! This module never touches Postgres or ClickHouse.
 
@@ -19,10 +20,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
-use tokio::io::AsyncWriteExt;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use uuid::Uuid;
 
 use crate::config::ResultsConfig;
@@ -36,8 +35,6 @@ pub enum ResultsError {
     NotFound(String),
     #[error("result store error: {0}")]
     Store(#[from] object_store::Error),
-    #[error("result store write failed: {0}")]
-    Write(#[from] std::io::Error),
 }
 
 #[derive(Clone, Debug)]
@@ -94,10 +91,15 @@ impl ResultStore {
 
     /// Starts a streaming write of `key`.
     pub fn writer(&self, key: &str) -> ResultWriter {
-        let writer = BufWriter::with_capacity(self.store.clone(), self.path(key), self.part_bytes)
-            .with_max_concurrency(self.upload_concurrency);
         ResultWriter {
-            inner: writer,
+            store: self.store.clone(),
+            path: self.path(key),
+            part_bytes: self.part_bytes,
+            upload_concurrency: self.upload_concurrency,
+            state: WriterState::Buffering {
+                chunks: Vec::new(),
+                len: 0,
+            },
             bytes: 0,
         }
     }
@@ -188,17 +190,55 @@ fn to_url(text: &str) -> Result<url::Url, ResultsError> {
     })
 }
 
-/// A result being written. Dropping it without [`finish`](Self::finish) leaves no
-/// visible object, but call [`abort`](Self::abort) to clean up uploaded parts at once.
+/// A result being written, without copying its bytes: chunks are kept as the
+/// reference-counted buffers the HTTP client produced and handed to the upload as they
+/// are. A result smaller than one part is stored with a single PUT; a larger one becomes
+/// a multipart upload of `part_bytes` parts with at most `upload_concurrency` in flight,
+/// so at most `part_bytes * (upload_concurrency + 1)` bytes are held at once.
+///
+/// Dropping it without [`finish`](Self::finish) leaves no visible object, but call
+/// [`abort`](Self::abort) so uploaded parts are removed at once.
 pub struct ResultWriter {
-    inner: BufWriter,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    part_bytes: usize,
+    upload_concurrency: usize,
+    state: WriterState,
     bytes: u64,
 }
 
+enum WriterState {
+    /// Less than one part so far.
+    Buffering {
+        chunks: Vec<Bytes>,
+        len: usize,
+    },
+    Uploading(WriteMultipart),
+}
+
 impl ResultWriter {
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ResultsError> {
-        self.inner.write_all(chunk).await?;
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), ResultsError> {
         self.bytes += chunk.len() as u64;
+        match &mut self.state {
+            WriterState::Uploading(upload) => {
+                upload.wait_for_capacity(self.upload_concurrency).await?;
+                upload.put(chunk);
+            }
+            WriterState::Buffering { chunks, len } => {
+                *len += chunk.len();
+                chunks.push(chunk);
+                if *len >= self.part_bytes {
+                    let chunks = std::mem::take(chunks);
+                    let multipart = self.store.put_multipart(&self.path).await?;
+                    let mut upload =
+                        WriteMultipart::new_with_chunk_size(multipart, self.part_bytes);
+                    for c in chunks {
+                        upload.put(c);
+                    }
+                    self.state = WriterState::Uploading(upload);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -207,14 +247,24 @@ impl ResultWriter {
     }
 
     /// Completes the upload; the object becomes visible.
-    pub async fn finish(mut self) -> Result<u64, ResultsError> {
-        self.inner.shutdown().await?;
+    pub async fn finish(self) -> Result<u64, ResultsError> {
+        match self.state {
+            WriterState::Buffering { chunks, .. } => {
+                let payload: PutPayload = chunks.into_iter().collect();
+                self.store.put(&self.path, payload).await?;
+            }
+            WriterState::Uploading(upload) => {
+                upload.finish().await?;
+            }
+        }
         Ok(self.bytes)
     }
 
     /// Cancels the upload and removes what was uploaded.
-    pub async fn abort(mut self) {
-        if let Err(e) = self.inner.abort().await {
+    pub async fn abort(self) {
+        if let WriterState::Uploading(upload) = self.state
+            && let Err(e) = upload.abort().await
+        {
             tracing::warn!(error = %e, "could not abort a result upload");
         }
     }

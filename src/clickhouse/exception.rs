@@ -15,6 +15,10 @@
 //! last value is such text would be taken for an error: that is the protocol's limit,
 //! shared by every ClickHouse client, and only servers older than 25.11 have it.
 
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
 /// How much of a response's end is kept to look for an exception. ClickHouse exception
 /// messages are far shorter.
 pub const TAIL_BYTES: usize = 64 * 1024;
@@ -26,35 +30,33 @@ pub struct ServerException {
     pub message: String,
 }
 
-/// The last bytes of a stream, in bounded memory (at most `2 * TAIL_BYTES`), at the cost
-/// of one copy of each byte: two buffers take turns instead of shifting one.
+/// The last bytes of a stream, without copying them: it keeps the newest chunks (cheap
+/// reference-counted `Bytes`) that together cover at least `TAIL_BYTES`.
 #[derive(Debug, Default)]
 pub struct Tail {
-    prev: Vec<u8>,
-    cur: Vec<u8>,
+    chunks: VecDeque<Bytes>,
+    len: usize,
 }
 
 impl Tail {
-    pub fn push(&mut self, chunk: &[u8]) {
-        if chunk.len() >= TAIL_BYTES {
-            self.prev.clear();
-            self.cur.clear();
-            self.cur
-                .extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
-            return;
+    pub fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+        while let Some(front) = self.chunks.front() {
+            if self.len - front.len() < TAIL_BYTES {
+                break;
+            }
+            self.len -= front.len();
+            self.chunks.pop_front();
         }
-        if self.cur.len() + chunk.len() > TAIL_BYTES {
-            std::mem::swap(&mut self.prev, &mut self.cur);
-            self.cur.clear();
-        }
-        self.cur.extend_from_slice(chunk);
     }
 
     /// The last `TAIL_BYTES` (or fewer, for a short stream).
     pub fn bytes(&self) -> Vec<u8> {
-        let mut all = Vec::with_capacity(self.prev.len() + self.cur.len());
-        all.extend_from_slice(&self.prev);
-        all.extend_from_slice(&self.cur);
+        let mut all = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            all.extend_from_slice(c);
+        }
         let cut = all.len().saturating_sub(TAIL_BYTES);
         all.drain(..cut);
         all
@@ -135,7 +137,7 @@ mod tests {
     fn tail_of(parts: &[&[u8]]) -> Tail {
         let mut t = Tail::default();
         for p in parts {
-            t.push(p);
+            t.push(Bytes::copy_from_slice(p));
         }
         t
     }
@@ -185,11 +187,16 @@ mod tests {
     fn tail_stays_bounded() {
         let mut t = Tail::default();
         for _ in 0..100 {
-            t.push(&[b'x'; 10_000]);
+            t.push(Bytes::from_static(&[b'x'; 10_000]));
         }
         assert_eq!(t.bytes().len(), TAIL_BYTES);
-        t.push(&vec![b'y'; TAIL_BYTES * 2]);
+        assert!(
+            t.len < TAIL_BYTES + 10_000,
+            "holds no more than one extra chunk"
+        );
+        t.push(Bytes::from(vec![b'y'; TAIL_BYTES * 2]));
         assert_eq!(t.bytes().len(), TAIL_BYTES);
+        assert_eq!(t.chunks.len(), 1);
         assert!(t.bytes().iter().all(|&b| b == b'y'));
     }
 }

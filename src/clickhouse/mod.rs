@@ -248,7 +248,7 @@ impl Endpoint {
             .map_err(EngineError::from_http)?;
         let response = check_status(response).await?;
         let bytes = response.bytes().await.map_err(EngineError::from_http)?;
-        if let Some(e) = Tail::from_bytes(&bytes).exception(None) {
+        if let Some(e) = Tail::from_bytes(bytes.clone()).exception(None) {
             return Err(EngineError::Server(e));
         }
         bytes
@@ -431,7 +431,7 @@ impl ResultStream {
 }
 
 impl Tail {
-    pub fn from_bytes(bytes: &[u8]) -> Tail {
+    pub fn from_bytes(bytes: Bytes) -> Tail {
         let mut t = Tail::default();
         t.push(bytes);
         t

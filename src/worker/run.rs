@@ -195,11 +195,11 @@ impl Worker {
                     return Outcome::Failed(engine_error(e));
                 }
             };
-            if let Err(e) = w.write(&chunk).await {
+            rows.feed(&chunk);
+            tail.push(chunk.clone());
+            if let Err(e) = w.write(chunk).await {
                 return Outcome::Failed(storage_error(e));
             }
-            tail.push(&chunk);
-            rows.feed(&chunk);
             result_bytes.store(w.bytes_written(), Ordering::Relaxed);
         }
         if let Some(e) = tail.exception(stream.exception_tag()) {
