@@ -291,6 +291,14 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
     )
     .await;
 
+    // The heartbeat records progress from system.processes while it runs.
+    eventually(Duration::from_secs(30), "progress is reported", || async {
+        let e = h.get(&id).await;
+        e["progress"]["read_rows"].as_u64().unwrap_or(0) > 0
+            && e["progress"]["elapsed_seconds"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+
     let asked = Instant::now();
     let r = h
         .http
@@ -464,4 +472,30 @@ async fn list_is_newest_first_with_keyset_pagination(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(page["executions"].as_array().unwrap().len(), 4);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_finished_execution_keeps_its_last_progress(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    // 1.2 s: several 200 ms heartbeats, each reading system.processes.
+    let id = h
+        .submit_ok(json!({
+            "sql": "SELECT sum(sleepEachRow(0.4)) FROM (SELECT number FROM system.numbers LIMIT 3)",
+            "settings": { "max_threads": 1 },
+        }))
+        .await;
+    let e = h
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(60))
+        .await;
+    assert!(
+        e["progress"]["elapsed_seconds"].as_f64().unwrap() > 0.0,
+        "{e}"
+    );
+    assert_eq!(e["progress"]["result_bytes"], e["result"]["bytes"]);
+    let sql = e["sql"].as_str().unwrap();
+    let (_, _, body) = h.download(&id).await;
+    assert_eq!(
+        body,
+        clickhouse_direct(sql, "JSONEachRow", &[("max_threads", "1")]).await
+    );
 }

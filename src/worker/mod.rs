@@ -129,7 +129,9 @@ impl Worker {
         let slots = self.tier_config.concurrency;
         info!(slots, "worker started");
         let (events_tx, mut events) = mpsc::channel(1024);
-        let listen = tokio::spawn(
+        // Aborted however this future ends, including when it is dropped: the listener
+        // holds a connection of its own.
+        let _listen = AbortOnDrop(tokio::spawn(
             listen(
                 self.store.clone(),
                 self.tier.clone(),
@@ -137,7 +139,7 @@ impl Worker {
                 shutdown.clone(),
             )
             .in_current_span(),
-        );
+        ));
 
         let running: Arc<Mutex<HashMap<Uuid, Signals>>> = Arc::default();
         let mut tasks = JoinSet::new();
@@ -203,9 +205,16 @@ impl Worker {
             }
             while tasks.join_next().await.is_some() {}
         }
-        listen.abort();
         info!("worker stopped");
         Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

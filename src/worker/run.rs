@@ -11,8 +11,8 @@
 //! Dropping the HTTP response alone does not stop a ClickHouse query that has not yet
 //! sent output, hence the explicit `KILL QUERY ... SYNC` on every interruption.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
@@ -29,6 +29,14 @@ use crate::store::queue::{Beat, Fence};
 pub struct Signals {
     pub cancel: CancellationToken,
     pub hand_back: CancellationToken,
+}
+
+/// What the heartbeat shares with the attempt it keeps alive.
+struct Beacons {
+    cancel: CancellationToken,
+    lost: CancellationToken,
+    result_bytes: Arc<AtomicU64>,
+    last_progress: Arc<Mutex<Progress>>,
 }
 
 enum Outcome {
@@ -58,14 +66,18 @@ impl Worker {
         info!(query_id, "running");
         let lost = CancellationToken::new();
         let result_bytes = Arc::new(AtomicU64::new(0));
+        let last_progress = Arc::new(Mutex::new(Progress::default()));
         let heartbeat = tokio::spawn(
             self.clone()
                 .heartbeat(
                     fence.clone(),
                     query_id.clone(),
-                    signals.cancel.clone(),
-                    lost.clone(),
-                    result_bytes.clone(),
+                    Beacons {
+                        cancel: signals.cancel.clone(),
+                        lost: lost.clone(),
+                        result_bytes: result_bytes.clone(),
+                        last_progress: last_progress.clone(),
+                    },
                 )
                 .in_current_span(),
         );
@@ -94,9 +106,10 @@ impl Worker {
             w.abort().await;
         }
 
+        // The last statistics the heartbeat saw, with the final byte count.
         let progress = Progress {
             result_bytes: result_bytes.load(Ordering::Relaxed),
-            ..Default::default()
+            ..last_progress.lock().map(|p| p.clone()).unwrap_or_default()
         };
         let written = match &outcome {
             Outcome::Succeeded(meta) => {
@@ -228,14 +241,13 @@ impl Worker {
 
     /// Renews the lease and records progress until aborted. Turns what it learns into
     /// the `cancel` and `lost` signals.
-    async fn heartbeat(
-        self,
-        fence: Fence,
-        query_id: String,
-        cancel: CancellationToken,
-        lost: CancellationToken,
-        result_bytes: Arc<AtomicU64>,
-    ) {
+    async fn heartbeat(self, fence: Fence, query_id: String, beacons: Beacons) {
+        let Beacons {
+            cancel,
+            lost,
+            result_bytes,
+            last_progress,
+        } = beacons;
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await; // the claim itself just set the lease
@@ -250,6 +262,12 @@ impl Worker {
                 memory_usage: stats.as_ref().map_or(0, |s| s.memory_usage),
                 result_bytes: result_bytes.load(Ordering::Relaxed),
             };
+            // Once the query has left system.processes, keep what was last seen.
+            if stats.is_some()
+                && let Ok(mut last) = last_progress.lock()
+            {
+                *last = progress.clone();
+            }
             match self
                 .store
                 .heartbeat(&fence, self.config.lease, Some(&progress))

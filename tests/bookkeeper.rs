@@ -1,0 +1,169 @@
+//! The bookkeeper reclaims executions whose worker stopped renewing its lease.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use sluice::bookkeeper::Bookkeeper;
+use sluice::execution::ErrorInfo;
+use sluice::store::queue::Fence;
+
+/// Claims the tier's pending work as a worker that then "dies" (never heartbeats).
+async fn claim_as_dead_worker(h: &Harness, lease: Duration) -> Vec<Fence> {
+    h.store
+        .claim("default", "dead-worker", 10, lease)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| Fence::of(e, "dead-worker"))
+        .collect()
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h.submit_ok(json!({ "sql": "SELECT 'again'" })).await;
+    let fences = claim_as_dead_worker(&h, Duration::from_millis(1)).await;
+    assert_eq!(fences.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let bk = Bookkeeper::new(&h.config, h.store.clone()).unwrap();
+    assert_eq!(bk.reclaim_pass().await.unwrap(), 1);
+    let e = h.get(&id).await;
+    assert_eq!(e["status"], "PENDING");
+    assert_eq!(e["attempt"], 1);
+
+    // A live worker takes it over as attempt 2.
+    let worker =
+        sluice::worker::Worker::new(&h.config, "default", h.store.clone(), h.results.clone())
+            .unwrap();
+    let stop = h.shutdown.child_token();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let e = h
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(e["attempt"], 2);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // The dead worker wakes up: its fenced writes touch nothing.
+    let stale = &fences[0];
+    let error = ErrorInfo {
+        code: "X".into(),
+        message: "stale".into(),
+        clickhouse_code: None,
+    };
+    assert!(!h.store.fail(stale, &error).await.unwrap());
+    assert!(!h.store.mark_canceled(stale).await.unwrap());
+    assert!(!h.store.hand_back(stale).await.unwrap());
+    assert_eq!(
+        h.store
+            .heartbeat(stale, Duration::from_secs(5), None)
+            .await
+            .unwrap(),
+        sluice::store::queue::Beat::Lost
+    );
+    assert_eq!(h.get(&id).await["status"], "SUCCEEDED");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn out_of_attempts_fails_with_worker_lost(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            tier_extra: "max_attempts = 2".into(),
+            extra: "[bookkeeper]\nretry_backoff = \"1ms\"\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let bk = Bookkeeper::new(&h.config, h.store.clone()).unwrap();
+    for _ in 0..2 {
+        eventually(Duration::from_secs(5), "claimable again", || async {
+            !claim_as_dead_worker(&h, Duration::from_millis(1))
+                .await
+                .is_empty()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bk.reclaim_pass().await.unwrap();
+    }
+    let e = h.get(&id).await;
+    assert_eq!(e["status"], "FAILED", "{e}");
+    assert_eq!(e["error"]["code"], "WORKER_LOST");
+    assert_eq!(e["error"]["message"], "worker lost after 2 attempts");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_cancel_requested_while_the_worker_is_lost_ends_canceled(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    claim_as_dead_worker(&h, Duration::from_millis(1)).await;
+    let r = h
+        .http
+        .post(h.url(&format!("/v1/executions/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    Bookkeeper::new(&h.config, h.store.clone())
+        .unwrap()
+        .reclaim_pass()
+        .await
+        .unwrap();
+    assert_eq!(h.get(&id).await["status"], "CANCELED");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn reclaim_kills_the_orphaned_clickhouse_query(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h
+        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
+        .await;
+    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(30)).await;
+    let query_id = format!("{id}-{}", e["attempt"]);
+    eventually(
+        Duration::from_secs(30),
+        "the query runs on ClickHouse",
+        || async { running_on_clickhouse(&query_id).await == 1 },
+    )
+    .await;
+    // Expire the lease as if the worker had died.
+    sqlx::query(
+        "UPDATE executions SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(Uuid::parse_str(&id).unwrap())
+    .execute(h.store.pool())
+    .await
+    .unwrap();
+    Bookkeeper::new(&h.config, h.store.clone())
+        .unwrap()
+        .reclaim_pass()
+        .await
+        .unwrap();
+    assert_eq!(
+        running_on_clickhouse(&query_id).await,
+        0,
+        "the orphan was killed"
+    );
+}
