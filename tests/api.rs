@@ -288,11 +288,7 @@ async fn result_is_409_until_succeeded_and_410_once_expired(pool: PgPool) {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_error(s, &v, StatusCode::CONFLICT, "result_not_ready", "PENDING");
 
-    let worker =
-        sluice::worker::Worker::new(&h.config, "default", h.store.clone(), h.results.clone())
-            .unwrap();
-    let stop = h.shutdown.child_token();
-    let task = tokio::spawn(worker.run(stop.clone()));
+    let (stop, task) = h.spawn_worker("default");
     h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
     let (s, _, _) = h.download(&id).await;

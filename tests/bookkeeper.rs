@@ -45,11 +45,7 @@ async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool)
     assert_eq!(e["attempt"], 1);
 
     // A live worker takes it over as attempt 2.
-    let worker =
-        sluice::worker::Worker::new(&h.config, "default", h.store.clone(), h.results.clone())
-            .unwrap();
-    let stop = h.shutdown.child_token();
-    let task = tokio::spawn(worker.run(stop.clone()));
+    let (stop, task) = h.spawn_worker("default");
     let e = h
         .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
@@ -119,13 +115,8 @@ async fn a_cancel_requested_while_the_worker_is_lost_ends_canceled(pool: PgPool)
     .await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
     claim_as_dead_worker(&h, Duration::from_millis(1)).await;
-    let r = h
-        .http
-        .post(h.url(&format!("/v1/executions/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let (status, _) = h.cancel(&id).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
     Bookkeeper::new(&h.config, h.store.clone())
         .unwrap()
         .reclaim_pass()
@@ -140,14 +131,7 @@ async fn reclaim_kills_the_orphaned_clickhouse_query(pool: PgPool) {
     let id = h
         .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
         .await;
-    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(30)).await;
-    let query_id = format!("{id}-{}", e["attempt"]);
-    eventually(
-        Duration::from_secs(30),
-        "the query runs on ClickHouse",
-        || async { running_on_clickhouse(&query_id).await == 1 },
-    )
-    .await;
+    let query_id = h.wait_running_on_clickhouse(&id).await;
     // Expire the lease as if the worker had died.
     sqlx::query(
         "UPDATE executions SET lease_expires_at = now() - interval '1 second' WHERE id = $1",

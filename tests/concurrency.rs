@@ -178,16 +178,7 @@ async fn superseding_a_running_execution_kills_its_query(pool: PgPool) {
     let old = h
         .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings(), "query_id": "nightly" }))
         .await;
-    let e = h
-        .wait_for(&old, &["RUNNING"], Duration::from_secs(30))
-        .await;
-    let query_id = format!("{old}-{}", e["attempt"]);
-    eventually(
-        Duration::from_secs(30),
-        "the query runs on ClickHouse",
-        || async { running_on_clickhouse(&query_id).await == 1 },
-    )
-    .await;
+    let query_id = h.wait_running_on_clickhouse(&old).await;
     let (status, v) = h
         .submit(json!({ "sql": "SELECT 'v2'", "query_id": "nightly" }))
         .await;

@@ -162,11 +162,7 @@ async fn status_moves_pending_running_succeeded_with_timings(pool: PgPool) {
     assert_eq!(v["execution"]["status"], "PENDING");
     let id = v["execution"]["id"].as_str().unwrap().to_string();
     // A worker arriving later picks it up (poll fallback: the NOTIFY was sent before it).
-    let worker =
-        sluice::worker::Worker::new(&h.config, "default", h.store.clone(), h.results.clone())
-            .unwrap();
-    let stop = h.shutdown.child_token();
-    let task = tokio::spawn(worker.run(stop.clone()));
+    let (stop, task) = h.spawn_worker("default");
     let e = h
         .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
@@ -257,23 +253,12 @@ async fn cancel_pending_is_immediate(pool: PgPool) {
     )
     .await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
-    let r = h
-        .http
-        .post(h.url(&format!("/v1/executions/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = h.cancel(&id).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(v["status"], "CANCELED");
     // Canceling again is a no-op.
-    let r = h
-        .http
-        .post(h.url(&format!("/v1/executions/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let (status, _) = h.cancel(&id).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -282,14 +267,7 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
     let id = h
         .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
         .await;
-    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(30)).await;
-    let query_id = format!("{id}-{}", e["attempt"]);
-    eventually(
-        Duration::from_secs(30),
-        "the query runs on ClickHouse",
-        || async { running_on_clickhouse(&query_id).await == 1 },
-    )
-    .await;
+    let query_id = h.wait_running_on_clickhouse(&id).await;
 
     // The heartbeat records progress from system.processes while it runs.
     eventually(Duration::from_secs(30), "progress is reported", || async {
@@ -300,13 +278,8 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
     .await;
 
     let asked = Instant::now();
-    let r = h
-        .http
-        .post(h.url(&format!("/v1/executions/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (status, _) = h.cancel(&id).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     let e = h
         .wait_for(&id, &["CANCELED"], Duration::from_secs(30))
         .await;
@@ -329,13 +302,8 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
     let done = h.submit_ok(json!({ "sql": "SELECT 2" })).await;
     h.wait_for(&done, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
-    let r = h
-        .http
-        .post(h.url(&format!("/v1/executions/{done}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let (status, _) = h.cancel(&done).await;
+    assert_eq!(status, StatusCode::CONFLICT);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -385,14 +353,7 @@ async fn shutdown_hands_running_work_back_without_using_an_attempt(pool: PgPool)
     let id = h
         .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
         .await;
-    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(30)).await;
-    let query_id = format!("{id}-{}", e["attempt"]);
-    eventually(
-        Duration::from_secs(30),
-        "the query runs on ClickHouse",
-        || async { running_on_clickhouse(&query_id).await == 1 },
-    )
-    .await;
+    let query_id = h.wait_running_on_clickhouse(&id).await;
     // Grace is 2 s in the harness; the query runs for minutes.
     h.stop_workers().await;
     let e = h.get(&id).await;

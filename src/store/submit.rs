@@ -54,26 +54,19 @@ impl Store {
             let id = Uuid::now_v7();
             // Insert, or collapse into an identical in-flight execution. When the
             // in-flight one differs, the DO UPDATE's WHERE is false and no row comes back.
-            let row = sqlx::query(
-                "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, \
-                     sql, format, settings, priority, max_attempts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
+            let row = bind_new(
+                sqlx::query(
+                    "INSERT INTO executions (id, tenant, created_by, tier, query_id, \
+                         query_hash, sql, format, settings, priority, max_attempts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
                  DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
                      WHERE executions.query_hash = EXCLUDED.query_hash \
-                 RETURNING *, (xmax::text = '0') AS inserted",
+                     RETURNING *, (xmax::text = '0') AS inserted",
+                ),
+                id,
+                new,
             )
-            .bind(id)
-            .bind(&new.tenant)
-            .bind(&new.created_by)
-            .bind(&new.tier)
-            .bind(&new.query_id)
-            .bind(&new.query_hash)
-            .bind(&new.sql)
-            .bind(new.format.as_str())
-            .bind(sqlx::types::Json(&new.settings))
-            .bind(new.priority)
-            .bind(new.max_attempts)
             .fetch_optional(&self.pool)
             .await;
             match row {
@@ -132,27 +125,20 @@ impl Store {
         let Some((old_id, old_status)) = old else {
             return Ok(None);
         };
-        let inserted = sqlx::query_as::<_, Execution>(
-            "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, \
-                 sql, format, settings, priority, max_attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             RETURNING *",
+        let inserted = bind_new(
+            sqlx::query(
+                "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, \
+                     sql, format, settings, priority, max_attempts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 RETURNING *",
+            ),
+            id,
+            new,
         )
-        .bind(id)
-        .bind(&new.tenant)
-        .bind(&new.created_by)
-        .bind(&new.tier)
-        .bind(&new.query_id)
-        .bind(&new.query_hash)
-        .bind(&new.sql)
-        .bind(new.format.as_str())
-        .bind(sqlx::types::Json(&new.settings))
-        .bind(new.priority)
-        .bind(new.max_attempts)
         .fetch_one(&mut *tx)
         .await;
         let execution = match inserted {
-            Ok(e) => e,
+            Ok(row) => Execution::from_row(&row)?,
             Err(e) if is_unique_violation(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
@@ -185,4 +171,24 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Binds `$1..$11` of an INSERT of `new` with id `id`, in the column order both INSERTs use.
+fn bind_new<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    id: Uuid,
+    new: &'q NewExecution,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(id)
+        .bind(&new.tenant)
+        .bind(&new.created_by)
+        .bind(&new.tier)
+        .bind(&new.query_id)
+        .bind(&new.query_hash)
+        .bind(&new.sql)
+        .bind(new.format.as_str())
+        .bind(sqlx::types::Json(&new.settings))
+        .bind(new.priority)
+        .bind(new.max_attempts)
 }

@@ -298,6 +298,48 @@ impl Harness {
         .await
     }
 
+    /// Starts one more in-process worker for `tier`; cancel the token to stop it.
+    pub fn spawn_worker(
+        &self,
+        tier: &str,
+    ) -> (
+        CancellationToken,
+        JoinHandle<Result<(), sluice::worker::WorkerError>>,
+    ) {
+        let worker =
+            Worker::new(&self.config, tier, self.store.clone(), self.results.clone()).unwrap();
+        let stop = self.shutdown.child_token();
+        (stop.clone(), tokio::spawn(worker.run(stop)))
+    }
+
+    /// POST /v1/executions/{id}/cancel.
+    pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(&format!("/v1/executions/{id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Waits until the execution is RUNNING and its query shows in ClickHouse's
+    /// `system.processes`; returns that ClickHouse query_id.
+    pub async fn wait_running_on_clickhouse(&self, id: &str) -> String {
+        let e = self
+            .wait_for(id, &["RUNNING"], Duration::from_secs(30))
+            .await;
+        let query_id = format!("{id}-{}", e["attempt"]);
+        eventually(
+            Duration::from_secs(30),
+            "the query runs on ClickHouse",
+            || async { running_on_clickhouse(&query_id).await == 1 },
+        )
+        .await;
+        query_id
+    }
+
     pub async fn download(&self, id: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
         let r = self
             .http
