@@ -129,6 +129,13 @@ pub struct WorkerConfig {
     /// stopped and handed back to the queue.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// First delay before a transient failure (ClickHouse unreachable, too many
+    /// queries, server out of memory) is retried; doubles with every attempt.
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// The longest retry delay.
+    #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -138,6 +145,8 @@ impl Default for WorkerConfig {
             lease: default_lease(),
             heartbeat: default_heartbeat(),
             shutdown_grace: default_shutdown_grace(),
+            retry_backoff: default_retry_backoff(),
+            retry_backoff_max: default_retry_backoff_max(),
         }
     }
 }
@@ -154,6 +163,14 @@ pub struct BookkeeperConfig {
     /// Delay before a reclaimed execution may run again.
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// A result object that no SUCCEEDED execution points at is deleted once it is
+    /// this old (a worker may have died between upload and commit).
+    #[serde(default = "default_orphan_grace", with = "humantime_serde")]
+    pub orphan_grace: Duration,
+    /// How often the leader lists the result store looking for orphans (a listing of a
+    /// large bucket is not free).
+    #[serde(default = "default_orphan_scan_interval", with = "humantime_serde")]
+    pub orphan_scan_interval: Duration,
 }
 
 impl Default for BookkeeperConfig {
@@ -162,6 +179,36 @@ impl Default for BookkeeperConfig {
             interval: default_bookkeeper_interval(),
             batch_size: default_batch_size(),
             retry_backoff: default_retry_backoff(),
+            orphan_grace: default_orphan_grace(),
+            orphan_scan_interval: default_orphan_scan_interval(),
+        }
+    }
+}
+
+/// How long finished executions keep their result, per terminal status. Past it the
+/// result object is deleted and the execution becomes EXPIRED; past `purge_after` the
+/// row itself is deleted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default = "default_keep_succeeded", with = "humantime_serde")]
+    pub succeeded: Duration,
+    #[serde(default = "default_keep_failed", with = "humantime_serde")]
+    pub failed: Duration,
+    #[serde(default = "default_keep_canceled", with = "humantime_serde")]
+    pub canceled: Duration,
+    /// Age (since finishing) at which an EXPIRED row is deleted.
+    #[serde(default = "default_purge_after", with = "humantime_serde")]
+    pub purge_after: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            succeeded: default_keep_succeeded(),
+            failed: default_keep_failed(),
+            canceled: default_keep_canceled(),
+            purge_after: default_purge_after(),
         }
     }
 }
@@ -191,6 +238,8 @@ pub struct TierConfig {
     /// Runs of one execution before it is failed for good.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: i32,
+    #[serde(default)]
+    pub retention: Retention,
 }
 
 /// A ClickHouse setting value as written in TOML.
@@ -259,6 +308,27 @@ fn default_batch_size() -> i64 {
 }
 fn default_retry_backoff() -> Duration {
     Duration::from_secs(1)
+}
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_orphan_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_orphan_scan_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_keep_succeeded() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_keep_failed() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_keep_canceled() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_purge_after() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 fn default_ch_user() -> String {
     "default".into()
@@ -386,6 +456,12 @@ impl Config {
         if self.bookkeeper.batch_size < 1 {
             return Err(invalid("bookkeeper.batch_size", "must be at least 1"));
         }
+        if w.retry_backoff > w.retry_backoff_max {
+            return Err(invalid(
+                "worker.retry_backoff",
+                "must not exceed worker.retry_backoff_max",
+            ));
+        }
         if self.bookkeeper.interval.is_zero() {
             return Err(invalid("bookkeeper.interval", "must be positive"));
         }
@@ -434,6 +510,13 @@ fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
     }
     if tier.max_attempts < 1 {
         return Err(invalid(key("max_attempts"), "must be at least 1"));
+    }
+    let r = &tier.retention;
+    if r.purge_after < r.succeeded.max(r.failed).max(r.canceled) {
+        return Err(invalid(
+            key("retention.purge_after"),
+            "must be at least the longest retention, or rows would vanish before expiring",
+        ));
     }
     for (setting, value) in &tier.settings {
         if !valid_setting_name(setting) {

@@ -268,6 +268,15 @@ pub struct ErrorInfo {
     pub clickhouse_code: Option<i32>,
 }
 
+/// A failed attempt, kept on the execution (newest last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub worker_id: Option<String>,
+    pub at: DateTime<Utc>,
+    pub error: ErrorInfo,
+}
+
 /// One result column, as `DESCRIBE TABLE (<sql>)` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Column {
@@ -330,6 +339,7 @@ pub struct Execution {
     pub collapsed_count: i32,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub superseded_by: Option<Uuid>,
+    pub attempts: sqlx::types::Json<Vec<AttemptRecord>>,
 }
 
 impl Execution {

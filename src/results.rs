@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
@@ -143,25 +144,48 @@ impl ResultStore {
         }
     }
 
-    /// Keys of every stored result object (for tests and orphan collection).
-    pub async fn list_keys(&self) -> Result<Vec<String>, ResultsError> {
+    /// Every stored result object with its last-modified time, as the store lists them
+    /// (streamed: the listing is never held whole).
+    pub fn objects(&self) -> BoxStream<'static, Result<(String, DateTime<Utc>), ResultsError>> {
         let base = self.path("results");
-        let mut keys = Vec::new();
-        let mut listing = self.store.list(Some(&base));
-        while let Some(meta) = listing.next().await {
-            let meta = meta?;
-            let full = meta.location.to_string();
-            let key = match self.prefix.as_ref() {
-                "" => full,
-                p => full
-                    .strip_prefix(&format!("{p}/"))
-                    .unwrap_or(&full)
-                    .to_string(),
-            };
-            keys.push(key);
-        }
+        let prefix = self.prefix.to_string();
+        self.store
+            .list(Some(&base))
+            .map(move |meta| {
+                let meta = meta?;
+                let full = meta.location.to_string();
+                let key = match prefix.as_str() {
+                    "" => full,
+                    p => full
+                        .strip_prefix(&format!("{p}/"))
+                        .map(String::from)
+                        .unwrap_or(full),
+                };
+                Ok((key, meta.last_modified))
+            })
+            .boxed()
+    }
+
+    /// Keys of every stored result object, sorted (for tests and tools).
+    pub async fn list_keys(&self) -> Result<Vec<String>, ResultsError> {
+        let mut keys: Vec<String> = self
+            .objects()
+            .map(|o| o.map(|(k, _)| k))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         keys.sort();
         Ok(keys)
+    }
+
+    /// The execution a result key belongs to: `results/<id>/<attempt>.<ext>`.
+    pub fn execution_of(key: &str) -> Option<Uuid> {
+        let mut parts = key.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("results"), Some(id), Some(_file), None) => Uuid::parse_str(id).ok(),
+            _ => None,
+        }
     }
 }
 

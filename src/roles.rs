@@ -89,7 +89,10 @@ pub async fn worker(
 
 pub async fn bookkeeper(config: Config, shutdown: CancellationToken) -> Result<(), RoleError> {
     let store = connect(&config).await?;
-    Bookkeeper::new(&config, store)?.run(shutdown).await;
+    let results = ResultStore::new(&config.results)?;
+    Bookkeeper::new(&config, store, results)?
+        .run(shutdown)
+        .await;
     Ok(())
 }
 
@@ -105,7 +108,7 @@ pub async fn standalone(config: Config, shutdown: CancellationToken) -> Result<(
         let shutdown = shutdown.clone();
         tasks.spawn(async move { worker.run(shutdown).await.map_err(RoleError::from) });
     }
-    let bookkeeper = Bookkeeper::new(&config, store.clone())?;
+    let bookkeeper = Bookkeeper::new(&config, store.clone(), results.clone())?;
     let bk_shutdown = shutdown.clone();
     tasks.spawn(async move {
         bookkeeper.run(bk_shutdown).await;

@@ -38,7 +38,7 @@ async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool)
     assert_eq!(fences.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
 
-    let bk = Bookkeeper::new(&h.config, h.store.clone()).unwrap();
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
     assert_eq!(bk.reclaim_pass().await.unwrap(), 1);
     let e = h.get(&id).await;
     assert_eq!(e["status"], "PENDING");
@@ -86,7 +86,7 @@ async fn out_of_attempts_fails_with_worker_lost(pool: PgPool) {
     )
     .await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
-    let bk = Bookkeeper::new(&h.config, h.store.clone()).unwrap();
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
     for _ in 0..2 {
         eventually(Duration::from_secs(5), "claimable again", || async {
             !claim_as_dead_worker(&h, Duration::from_millis(1))
@@ -117,7 +117,7 @@ async fn a_cancel_requested_while_the_worker_is_lost_ends_canceled(pool: PgPool)
     claim_as_dead_worker(&h, Duration::from_millis(1)).await;
     let (status, _) = h.cancel(&id).await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-    Bookkeeper::new(&h.config, h.store.clone())
+    Bookkeeper::new(&h.config, h.store.clone(), h.results.clone())
         .unwrap()
         .reclaim_pass()
         .await
@@ -140,7 +140,7 @@ async fn reclaim_kills_the_orphaned_clickhouse_query(pool: PgPool) {
     .execute(h.store.pool())
     .await
     .unwrap();
-    Bookkeeper::new(&h.config, h.store.clone())
+    Bookkeeper::new(&h.config, h.store.clone(), h.results.clone())
         .unwrap()
         .reclaim_pass()
         .await

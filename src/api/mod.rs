@@ -102,16 +102,17 @@ pub async fn health() -> Json<HealthView> {
     })
 }
 
-/// Readiness: Postgres answers.
+/// Readiness: Postgres answers; also names the leading bookkeeper.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = ReadyView), (status = 503, body = ReadyView)))]
 pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView>) {
-    match ctx.store.ping().await {
-        Ok(()) => (
+    match ctx.store.leader().await {
+        Ok(leader) => (
             StatusCode::OK,
             Json(ReadyView {
                 status: "ready".into(),
                 postgres: "ok".into(),
+                bookkeeper_leader: leader,
             }),
         ),
         Err(e) => (
@@ -119,6 +120,7 @@ pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView
             Json(ReadyView {
                 status: "not_ready".into(),
                 postgres: e.to_string(),
+                bookkeeper_leader: None,
             }),
         ),
     }

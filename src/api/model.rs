@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::execution::{Column, ErrorInfo, Execution, Format, Progress, Status};
+use crate::execution::{AttemptRecord, Column, ErrorInfo, Execution, Format, Progress, Status};
 
 /// `POST /v1/executions` with `Content-Type: application/json`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -102,6 +102,8 @@ pub struct ExecutionView {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// Set when a later submission with the same query_id replaced this one.
     pub superseded_by: Option<Uuid>,
+    /// Attempts that failed, oldest first: why each was retried or given up.
+    pub failed_attempts: Vec<AttemptRecord>,
 }
 
 impl From<Execution> for ExecutionView {
@@ -137,6 +139,7 @@ impl From<Execution> for ExecutionView {
             collapsed_count: e.collapsed_count,
             cancel_requested_at: e.cancel_requested_at,
             superseded_by: e.superseded_by,
+            failed_attempts: e.attempts.0,
         }
     }
 }
@@ -177,4 +180,6 @@ pub struct HealthView {
 pub struct ReadyView {
     pub status: String,
     pub postgres: String,
+    /// Name of the bookkeeper that currently leads, if one does.
+    pub bookkeeper_leader: Option<String>,
 }

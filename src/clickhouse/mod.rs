@@ -63,7 +63,37 @@ pub enum EngineError {
     Protocol(String),
 }
 
+/// ClickHouse error codes that mean "try again later": the server, not the query, is
+/// the problem.
+const TRANSIENT_CODES: &[i32] = &[
+    202, // TOO_MANY_SIMULTANEOUS_QUERIES
+    203, // NO_FREE_CONNECTION
+    209, // SOCKET_TIMEOUT
+    210, // NETWORK_ERROR
+    242, // TABLE_IS_READ_ONLY (a replica lost its keeper session)
+    319, // UNKNOWN_STATUS_OF_INSERT
+    999, // KEEPER_EXCEPTION
+];
+const MEMORY_LIMIT_EXCEEDED: i32 = 241;
+
 impl EngineError {
+    /// Whether the same query may succeed later: connection failures, an overloaded or
+    /// restarting server, the server's (not the query's) memory limit. SQL errors and
+    /// the query's own limits are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Transport(_) => true,
+            EngineError::Server(x) => match x.code {
+                Some(code) if TRANSIENT_CODES.contains(&code) => true,
+                // "Memory limit (total) exceeded" is the server's; "(for query)" and
+                // "(for user)" are the query's own and would fail again.
+                Some(MEMORY_LIMIT_EXCEEDED) => x.message.contains("(total)"),
+                _ => false,
+            },
+            EngineError::Unsupported(_) | EngineError::Protocol(_) => false,
+        }
+    }
+
     fn from_control(e: clickhouse::error::Error) -> EngineError {
         use clickhouse::error::Error as E;
         match e {
@@ -435,5 +465,41 @@ impl Tail {
         let mut t = Tail::default();
         t.push(bytes);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: i32, message: &str) -> EngineError {
+        EngineError::Server(ServerException {
+            code: Some(code),
+            message: message.into(),
+        })
+    }
+
+    #[test]
+    fn transient_errors_are_the_servers_not_the_querys() {
+        assert!(EngineError::Transport("connection refused".into()).is_transient());
+        assert!(server(202, "Too many simultaneous queries").is_transient());
+        assert!(server(241, "Memory limit (total) exceeded: would use 10 GiB").is_transient());
+        assert!(!server(241, "Memory limit (for query) exceeded").is_transient());
+        assert!(!server(62, "Syntax error").is_transient());
+        assert!(!server(60, "Unknown table").is_transient());
+        assert!(!EngineError::Unsupported("Parquet".into()).is_transient());
+    }
+
+    #[test]
+    fn versions_parse_and_compare() {
+        let v = ServerVersion::parse("18.16.1").unwrap();
+        assert!(v.at_least((18, 16)) && !v.at_least((19, 1)));
+        assert!(v.check_format(Format::Parquet).is_err());
+        assert!(
+            ServerVersion::parse("26.9.2.1")
+                .unwrap()
+                .check_format(Format::Parquet)
+                .is_ok()
+        );
     }
 }

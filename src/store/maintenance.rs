@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Result, Store};
+use super::{Result, Store, millis};
 use crate::execution::Status;
 
 /// An execution whose worker stopped renewing its lease, after the reclaim.
@@ -42,6 +42,10 @@ impl Store {
                          'message', format('worker lost after %s attempts', e.attempt)) \
                      ELSE e.error END, \
                  run_after = now() + $2 * interval '1 millisecond', \
+                 attempts = e.attempts || jsonb_build_array(jsonb_build_object( \
+                     'attempt', e.attempt, 'worker_id', e.worker_id, 'at', now(), \
+                     'error', jsonb_build_object('code', 'WORKER_LOST', 'message', \
+                         format('worker %s stopped renewing its lease', e.worker_id)))), \
                  worker_id = NULL, lease_expires_at = NULL \
              FROM ( \
                  SELECT id FROM executions \
@@ -53,7 +57,7 @@ impl Store {
              RETURNING e.id, e.tier, e.attempt AS lost_attempt, e.status",
         )
         .bind(batch)
-        .bind(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX))
+        .bind(millis(backoff))
         .fetch_all(&self.pool)
         .await?;
         for tier in rows
@@ -65,5 +69,84 @@ impl Store {
             self.notify_work(tier).await?;
         }
         Ok(rows)
+    }
+}
+
+/// An execution whose result retention passed: it is EXPIRED now, and its object (if
+/// any) must be deleted.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Expired {
+    pub id: Uuid,
+    pub object_key: Option<String>,
+}
+
+impl Store {
+    /// Marks up to `batch` executions of `tier` that finished with `status` more than
+    /// `older_than` ago as EXPIRED. The caller deletes their objects; if it dies first,
+    /// orphan collection does.
+    pub async fn expire(
+        &self,
+        tier: &str,
+        status: Status,
+        older_than: Duration,
+        batch: i64,
+    ) -> Result<Vec<Expired>> {
+        let rows = sqlx::query_as::<_, Expired>(
+            "UPDATE executions e SET status = 'EXPIRED' \
+             FROM ( \
+                 SELECT id FROM executions \
+                 WHERE tier = $1 AND status = $2 \
+                   AND finished_at < now() - $3 * interval '1 millisecond' \
+                 ORDER BY finished_at \
+                 LIMIT $4 \
+                 FOR UPDATE SKIP LOCKED) old \
+             WHERE e.id = old.id \
+             RETURNING e.id, e.result->>'object_key' AS object_key",
+        )
+        .bind(tier)
+        .bind(status)
+        .bind(millis(older_than))
+        .bind(batch)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Deletes up to `batch` EXPIRED rows of `tier` that finished more than `older_than`
+    /// ago. Returns how many went.
+    pub async fn purge(&self, tier: &str, older_than: Duration, batch: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM executions WHERE id IN ( \
+                 SELECT id FROM executions \
+                 WHERE tier = $1 AND status = 'EXPIRED' \
+                   AND finished_at < now() - $2 * interval '1 millisecond' \
+                 LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(tier)
+        .bind(millis(older_than))
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Of the given result objects (key and the execution id in it), those no SUCCEEDED
+    /// execution points at.
+    pub async fn unreferenced(&self, objects: &[(String, Uuid)]) -> Result<Vec<String>> {
+        let keys: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+        let ids: Vec<Uuid> = objects.iter().map(|(_, id)| *id).collect();
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT o.key FROM unnest($1::text[], $2::uuid[]) AS o(key, id) \
+             WHERE NOT EXISTS ( \
+                 SELECT 1 FROM executions e \
+                 WHERE e.id = o.id AND e.status = 'SUCCEEDED' \
+                   AND e.result->>'object_key' = o.key)",
+        )
+        .bind(&keys)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(k,)| k).collect())
     }
 }

@@ -7,11 +7,13 @@
 //!   Every write after a claim is fenced by `(id, attempt, worker_id)` and
 //!   `status = 'RUNNING'`, so a worker that lost its lease updates zero rows.
 //! - [`read`]: get and list for the API.
-//! - [`maintenance`]: the bookkeeper's passes.
+//! - [`maintenance`]: the bookkeeper's passes (reclaim, expire, purge, orphans).
+//! - [`leader`]: which bookkeeper acts.
 //!
 //! The store never talks to ClickHouse or the object store, and never decides policy
 //! (which tier, how many attempts): callers pass those in.
 
+pub mod leader;
 pub mod maintenance;
 pub mod queue;
 pub mod read;
@@ -109,4 +111,9 @@ impl Store {
 /// Postgres' unique_violation, raised when two submits race for one in-flight key.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// A duration as whole milliseconds, for `$n * interval '1 millisecond'`.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{CANCEL_CHANNEL, Result, Store};
+use super::{CANCEL_CHANNEL, Result, Store, millis};
 use crate::execution::{ErrorInfo, Execution, Progress, ResultMeta};
 
 /// Identifies one claim of one execution: the lease's fencing token.
@@ -59,10 +59,6 @@ pub enum CancelOutcome {
     /// It had already finished; nothing changed.
     AlreadyFinished(Execution),
     NotFound,
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Store {
@@ -144,17 +140,40 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// RUNNING -> FAILED.
+    /// RUNNING -> FAILED; the error joins the attempt history.
     pub async fn fail(&self, fence: &Fence, error: &ErrorInfo) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE executions SET status = 'FAILED', finished_at = now(), \
-                 lease_expires_at = NULL, error = $4 \
+                 lease_expires_at = NULL, error = $4, \
+                 attempts = attempts || jsonb_build_array(jsonb_build_object( \
+                     'attempt', attempt, 'worker_id', worker_id, 'at', now(), 'error', $4)) \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
         )
         .bind(fence.id)
         .bind(fence.attempt)
         .bind(&fence.worker_id)
         .bind(sqlx::types::Json(error))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// RUNNING -> PENDING after a transient failure: runs again after `delay`, and the
+    /// error joins the attempt history.
+    pub async fn retry(&self, fence: &Fence, error: &ErrorInfo, delay: Duration) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE executions SET status = 'PENDING', worker_id = NULL, \
+                 lease_expires_at = NULL, progress = NULL, error = $4, \
+                 run_after = now() + $5 * interval '1 millisecond', \
+                 attempts = attempts || jsonb_build_array(jsonb_build_object( \
+                     'attempt', attempt, 'worker_id', worker_id, 'at', now(), 'error', $4)) \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+        )
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(sqlx::types::Json(error))
+        .bind(millis(delay))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -54,6 +54,7 @@ pub struct WorkerStats {
     pub canceled: AtomicU64,
     pub lost: AtomicU64,
     pub handed_back: AtomicU64,
+    pub retried: AtomicU64,
 }
 
 impl WorkerStats {
@@ -63,6 +64,7 @@ impl WorkerStats {
             "failed" => &self.failed,
             "canceled" => &self.canceled,
             "lost" => &self.lost,
+            "retried" => &self.retried,
             _ => &self.handed_back,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +146,9 @@ impl Worker {
         let running: Arc<Mutex<HashMap<Uuid, Signals>>> = Arc::default();
         let mut tasks = JoinSet::new();
         let mut claim_now = true;
+        // While Postgres is away, claims fail: log that once per interval and retry on
+        // the poll interval (the pool reconnects by itself).
+        let mut claim_log = crate::outage::OutageLog::new("claim");
         while !shutdown.is_cancelled() {
             let free = slots.saturating_sub(tasks.len());
             if claim_now && free > 0 {
@@ -153,6 +158,7 @@ impl Worker {
                     .await
                 {
                     Ok(claimed) => {
+                        claim_log.success();
                         for execution in claimed {
                             self.stats.claimed.fetch_add(1, Ordering::Relaxed);
                             let signals = Signals::default();
@@ -166,7 +172,7 @@ impl Worker {
                             });
                         }
                     }
-                    Err(e) => warn!(error = %e, "claim failed"),
+                    Err(e) => claim_log.failure(&e),
                 }
             }
             claim_now = false;

@@ -42,6 +42,8 @@ struct Beacons {
 enum Outcome {
     Succeeded(ResultMeta),
     Failed(ErrorInfo),
+    /// Failed in a way that may not happen again: retried while attempts remain.
+    Transient(ErrorInfo),
     Canceled,
     Lost,
     HandedBack,
@@ -123,6 +125,19 @@ impl Worker {
                 ok
             }
             Outcome::Failed(error) => self.store.fail(&fence, error).await,
+            Outcome::Transient(error) if execution.attempt < execution.max_attempts => {
+                let delay = self.retry_delay(execution.attempt);
+                info!(delay = ?delay, error = error.message, "transient failure: retrying");
+                self.store.retry(&fence, error, delay).await
+            }
+            Outcome::Transient(error) => {
+                let mut error = error.clone();
+                error.message = format!(
+                    "{} (gave up after {} attempts)",
+                    error.message, execution.attempt
+                );
+                self.store.fail(&fence, &error).await
+            }
             Outcome::Canceled => self.store.mark_canceled(&fence).await,
             Outcome::HandedBack => self.store.hand_back(&fence).await,
             Outcome::Lost => Ok(false),
@@ -130,6 +145,8 @@ impl Worker {
         let label = match &outcome {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed(_) => "failed",
+            Outcome::Transient(_) if execution.attempt < execution.max_attempts => "retried",
+            Outcome::Transient(_) => "failed",
             Outcome::Canceled => "canceled",
             Outcome::Lost => "lost",
             Outcome::HandedBack => "handed_back",
@@ -143,7 +160,7 @@ impl Worker {
             ),
             Err(e) => warn!(outcome = label, error = %e, "could not record the outcome"),
         }
-        if let Outcome::Failed(e) = &outcome {
+        if let Outcome::Failed(e) | Outcome::Transient(e) = &outcome {
             info!(
                 code = e.code,
                 clickhouse_code = e.clickhouse_code,
@@ -172,14 +189,14 @@ impl Worker {
         let settings = &execution.settings.0;
         let version = match self.engine.version().await {
             Ok(v) => v,
-            Err(e) => return Outcome::Failed(engine_error(e)),
+            Err(e) => return engine_outcome(e),
         };
         if let Err(e) = version.check_format(format) {
-            return Outcome::Failed(engine_error(e));
+            return engine_outcome(e);
         }
         let columns = match self.engine.describe(&execution.sql, settings).await {
             Ok(c) => c,
-            Err(e) => return Outcome::Failed(engine_error(e)),
+            Err(e) => return engine_outcome(e),
         };
 
         let key = self.results.key(execution.id, execution.attempt, format);
@@ -189,7 +206,7 @@ impl Worker {
             .await
         {
             Ok(s) => s,
-            Err(e) => return Outcome::Failed(engine_error(e)),
+            Err(e) => return engine_outcome(e),
         };
         let w = writer.insert(self.results.writer(&key));
         let mut tail = Tail::default();
@@ -205,7 +222,7 @@ impl Worker {
                         Some(x) => EngineError::Server(x),
                         None => e,
                     };
-                    return Outcome::Failed(engine_error(e));
+                    return engine_outcome(e);
                 }
             };
             rows.feed(&chunk);
@@ -216,7 +233,7 @@ impl Worker {
             result_bytes.store(w.bytes_written(), Ordering::Relaxed);
         }
         if let Some(e) = tail.exception(stream.exception_tag()) {
-            return Outcome::Failed(engine_error(EngineError::Server(e)));
+            return engine_outcome(EngineError::Server(e));
         }
         let Some(w) = writer.take() else {
             return Outcome::Failed(storage_error(ResultsError::NotFound(key)));
@@ -239,6 +256,17 @@ impl Worker {
         })
     }
 
+    /// Exponential backoff: `retry_backoff * 2^(attempt - 1)`, capped.
+    fn retry_delay(&self, attempt: i32) -> std::time::Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        self.config
+            .retry_backoff
+            .saturating_mul(1 << exp)
+            .min(self.config.retry_backoff_max)
+    }
+
     /// Renews the lease and records progress until aborted. Turns what it learns into
     /// the `cancel` and `lost` signals.
     async fn heartbeat(self, fence: Fence, query_id: String, beacons: Beacons) {
@@ -248,6 +276,7 @@ impl Worker {
             result_bytes,
             last_progress,
         } = beacons;
+        let mut beat_log = crate::outage::OutageLog::new("heartbeat");
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await; // the claim itself just set the lease
@@ -273,7 +302,7 @@ impl Worker {
                 .heartbeat(&fence, self.config.lease, Some(&progress))
                 .await
             {
-                Ok(Beat::Alive) => {}
+                Ok(Beat::Alive) => beat_log.success(),
                 Ok(Beat::CancelRequested) => cancel.cancel(),
                 Ok(Beat::Lost) => {
                     lost.cancel();
@@ -281,9 +310,17 @@ impl Worker {
                 }
                 // The lease outlives a few failed beats; the bookkeeper reclaims it if
                 // Postgres stays away longer.
-                Err(e) => warn!(error = %e, "heartbeat failed"),
+                Err(e) => beat_log.failure(&e),
             }
         }
+    }
+}
+
+fn engine_outcome(e: EngineError) -> Outcome {
+    if e.is_transient() {
+        Outcome::Transient(engine_error(e))
+    } else {
+        Outcome::Failed(engine_error(e))
     }
 }
 
