@@ -50,8 +50,23 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            // Connection exceptions (08...), and the server ending our session:
+            // admin_shutdown, crash_shutdown, cannot_connect_now (57P01-57P03).
+            sqlx::Error::Database(ref d)
+                if d.code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                StoreError::Unavailable(e)
+            }
             other => StoreError::Database(other),
         }
+    }
+}
+
+impl StoreError {
+    /// Whether trying again (on a new connection) may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 

@@ -113,35 +113,32 @@ impl Worker {
             result_bytes: result_bytes.load(Ordering::Relaxed),
             ..last_progress.lock().map(|p| p.clone()).unwrap_or_default()
         };
-        let written = match &outcome {
-            Outcome::Succeeded(meta) => {
-                let ok = self.store.complete(&fence, meta, &progress).await;
-                if !matches!(ok, Ok(true)) {
-                    // Nobody will ever point at this object: ours is a stale attempt.
-                    if let Err(e) = self.results.delete(&meta.object_key).await {
-                        warn!(error = %e, "could not delete an abandoned result");
-                    }
+        // The outcome must reach Postgres: if it does not, the execution stays RUNNING
+        // until its lease expires and then runs again. So a write that fails because
+        // Postgres is briefly away is retried for as long as the lease may still hold.
+        let deadline = std::time::Instant::now() + self.config.lease;
+        let mut backoff = crate::outage::Backoff::new(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(2),
+        );
+        let written = loop {
+            let attempt = self.record(&execution, &fence, &outcome, &progress).await;
+            match attempt {
+                Err(e) if e.is_unavailable() && std::time::Instant::now() < deadline => {
+                    warn!(error = %e, "could not record the outcome yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
-                ok
+                other => break other,
             }
-            Outcome::Failed(error) => self.store.fail(&fence, error).await,
-            Outcome::Transient(error) if execution.attempt < execution.max_attempts => {
-                let delay = self.retry_delay(execution.attempt);
-                info!(delay = ?delay, error = error.message, "transient failure: retrying");
-                self.store.retry(&fence, error, delay).await
-            }
-            Outcome::Transient(error) => {
-                let mut error = error.clone();
-                error.message = format!(
-                    "{} (gave up after {} attempts)",
-                    error.message, execution.attempt
-                );
-                self.store.fail(&fence, &error).await
-            }
-            Outcome::Canceled => self.store.mark_canceled(&fence).await,
-            Outcome::HandedBack => self.store.hand_back(&fence).await,
-            Outcome::Lost => Ok(false),
         };
+        if let (Outcome::Succeeded(meta), written) = (&outcome, &written)
+            && !matches!(written, Ok(true))
+        {
+            // Nobody will ever point at this object: ours is a stale attempt.
+            if let Err(e) = self.results.delete(&meta.object_key).await {
+                warn!(error = %e, "could not delete an abandoned result");
+            }
+        }
         let label = match &outcome {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed(_) => "failed",
@@ -167,6 +164,36 @@ impl Worker {
                 message = e.message,
                 "failed"
             );
+        }
+    }
+
+    /// Writes the outcome of an attempt, fenced. `Ok(false)`: the fence matched nothing.
+    async fn record(
+        &self,
+        execution: &Execution,
+        fence: &Fence,
+        outcome: &Outcome,
+        progress: &Progress,
+    ) -> Result<bool, crate::store::StoreError> {
+        match outcome {
+            Outcome::Succeeded(meta) => self.store.complete(fence, meta, progress).await,
+            Outcome::Failed(error) => self.store.fail(fence, error).await,
+            Outcome::Transient(error) if execution.attempt < execution.max_attempts => {
+                let delay = self.retry_delay(execution.attempt);
+                info!(delay = ?delay, error = error.message, "transient failure: retrying");
+                self.store.retry(fence, error, delay).await
+            }
+            Outcome::Transient(error) => {
+                let mut error = error.clone();
+                error.message = format!(
+                    "{} (gave up after {} attempts)",
+                    error.message, execution.attempt
+                );
+                self.store.fail(fence, &error).await
+            }
+            Outcome::Canceled => self.store.mark_canceled(fence).await,
+            Outcome::HandedBack => self.store.hand_back(fence).await,
+            Outcome::Lost => Ok(false),
         }
     }
 

@@ -384,3 +384,56 @@ pub fn settings_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// A `sluice` child process, killed (SIGKILL) when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// `kill -9`, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Writes the harness's configuration (plus `extra` TOML) to a file for child processes.
+pub fn write_config(h: &Harness, pool: &PgPool, setup: &Setup) -> std::path::PathBuf {
+    let toml = config_toml(pool, setup, h.results_dir.path());
+    let path = h
+        .results_dir
+        .path()
+        .join(format!("sluice-{}.toml", uuid::Uuid::now_v7()));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Starts `sluice <args>` with the given configuration file.
+pub fn spawn_sluice(config: &std::path::Path, args: &[&str]) -> Process {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}

@@ -1,0 +1,222 @@
+//! What production does to Sluice: workers killed or frozen mid-query, several
+//! bookkeepers, Postgres sessions terminated, ClickHouse going away, a broken result
+//! store. Real processes, real services.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use sluice::bookkeeper::Bookkeeper;
+
+/// Short leases and a fast bookkeeper, so failures are noticed within seconds.
+fn fast() -> Setup {
+    Setup {
+        workers: vec![],
+        extra: "[bookkeeper]\ninterval = \"200ms\"\nretry_backoff = \"100ms\"\n".into(),
+        ..Default::default()
+    }
+}
+
+/// Worker settings for child processes: lease 2 s, heartbeat 200 ms.
+fn fast_worker_extra() -> String {
+    "[worker]\npoll_interval = \"200ms\"\nlease = \"2s\"\nheartbeat = \"200ms\"\nshutdown_grace = \"1s\"\n"
+        .into()
+}
+
+/// About 4 s on both servers: eight one-row blocks sleeping 0.5 s each.
+fn four_second_query() -> serde_json::Value {
+    json!({
+        "sql": "SELECT sum(sleepEachRow(0.5)) AS s FROM (SELECT number FROM system.numbers LIMIT 8)",
+        "settings": { "max_block_size": 1 },
+    })
+}
+
+fn spawn_bookkeeper(h: &Harness) -> CancellationToken {
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    let stop = h.shutdown.child_token();
+    tokio::spawn(bk.run(stop.clone()));
+    stop
+}
+
+fn child_worker_config(h: &Harness, pool: &PgPool) -> std::path::PathBuf {
+    // The harness writes [worker] itself; the child's file gets the fast values instead.
+    let mut setup = fast();
+    setup.extra.push_str(&fast_worker_extra());
+    let text = config_toml(pool, &setup, h.results_dir.path()).replacen(
+        "[worker]\npoll_interval = \"500ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\nshutdown_grace = \"2s\"\n",
+        "",
+        1,
+    );
+    let path = h.results_dir.path().join("child-worker.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_killed_worker_s_execution_is_retried_elsewhere_and_its_query_killed(pool: PgPool) {
+    let h = Harness::with(pool.clone(), fast()).await;
+    let mut a = spawn_sluice(
+        &child_worker_config(&h, &pool),
+        &["worker", "--tier", "default"],
+    );
+    let id = h.submit_ok(four_second_query()).await;
+    let first_query = h.wait_running_on_clickhouse(&id).await;
+    assert!(first_query.ends_with("-1"));
+
+    a.kill9();
+    let _bk = spawn_bookkeeper(&h);
+    let (_stop, _b) = h.spawn_worker("default");
+
+    let e = h
+        .wait_for(&id, &["SUCCEEDED", "FAILED"], Duration::from_secs(60))
+        .await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert_eq!(e["attempt"], 2);
+    assert!(e["attempt"].as_i64().unwrap() <= e["max_attempts"].as_i64().unwrap());
+    assert_eq!(
+        e["failed_attempts"][0]["error"]["code"], "WORKER_LOST",
+        "{e}"
+    );
+    assert_eq!(
+        running_on_clickhouse(&first_query).await,
+        0,
+        "the orphan still runs"
+    );
+    assert_eq!(
+        h.results.list_keys().await.unwrap(),
+        vec![format!("results/{id}/2.ndjson")],
+        "exactly one result object"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_frozen_worker_cannot_overwrite_the_execution_after_it_is_reclaimed(pool: PgPool) {
+    let h = Harness::with(pool.clone(), fast()).await;
+    let mut a = spawn_sluice(
+        &child_worker_config(&h, &pool),
+        &["worker", "--tier", "default"],
+    );
+    let id = h.submit_ok(four_second_query()).await;
+    h.wait_running_on_clickhouse(&id).await;
+
+    a.signal(Signal::SIGSTOP); // past its 2 s lease
+    let _bk = spawn_bookkeeper(&h);
+    let (_stop, _b) = h.spawn_worker("default");
+    let e = h
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(60))
+        .await;
+    assert_eq!(e["attempt"], 2);
+
+    a.signal(Signal::SIGCONT);
+    // Give the stale worker time to wake, notice and give up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.is_running(), "the stale worker survives its lost lease");
+    let after = h.get(&id).await;
+    assert_eq!(after["status"], "SUCCEEDED");
+    assert_eq!(after["attempt"], 2);
+    assert_eq!(
+        after["result"], e["result"],
+        "the result was not overwritten"
+    );
+    assert_eq!(
+        h.results.list_keys().await.unwrap(),
+        vec![format!("results/{id}/2.ndjson")]
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn one_of_two_bookkeepers_leads_and_the_other_takes_over(pool: PgPool) {
+    let h = Harness::with(pool.clone(), fast()).await;
+    let config = write_config(&h, &pool, &fast());
+    let mut first = spawn_sluice(&config, &["bookkeeper"]);
+    let mut second = spawn_sluice(&config, &["bookkeeper"]);
+    eventually(Duration::from_secs(15), "a bookkeeper leads", || async {
+        h.store.leader().await.unwrap().is_some()
+    })
+    .await;
+    let leader = h.store.leader().await.unwrap().unwrap();
+    // Its name carries its pid.
+    let (dead, survivor) = if leader.contains(&format!("-{}-", first.pid())) {
+        (&mut first, &mut second)
+    } else {
+        assert!(leader.contains(&format!("-{}-", second.pid())), "{leader}");
+        (&mut second, &mut first)
+    };
+    let ready: serde_json::Value = h
+        .http
+        .get(h.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["bookkeeper_leader"], leader.as_str());
+
+    dead.kill9();
+    let survivor_pid = format!("-{}-", survivor.pid());
+    eventually(
+        Duration::from_secs(15),
+        "the other bookkeeper takes over",
+        || async {
+            h.store
+                .leader()
+                .await
+                .unwrap()
+                .is_some_and(|l| l.contains(&survivor_pid))
+        },
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn terminated_postgres_sessions_lose_no_execution(pool: PgPool) {
+    let mut setup = fast();
+    setup.workers = vec!["default", "default"];
+    let h = Harness::with(pool.clone(), setup).await;
+    let _bk = spawn_bookkeeper(&h);
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let body = json!({
+            "sql": format!("SELECT {i} AS i, sleepEachRow(0.02) FROM system.numbers LIMIT 2"),
+        });
+        ids.push(h.submit_ok(body).await);
+    }
+    // Kill every session of the test database a few times while they run.
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    let admin = sqlx::PgPool::connect(&std::env::var("DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&db)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        assert!(!killed.is_empty());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let mut retried = 0;
+    for id in &ids {
+        let e = h.wait_terminal(id).await;
+        assert_eq!(e["status"], "SUCCEEDED", "{e}");
+        if e["attempt"] != 1 {
+            retried += 1;
+        }
+    }
+    let succeeded: u64 = h
+        .worker_stats
+        .iter()
+        .map(|s| s.succeeded.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    eprintln!("200 executions, {retried} needed a second attempt");
+    assert_eq!(succeeded, 200, "each execution completed exactly once");
+    assert_eq!(h.results.list_keys().await.unwrap().len(), 200);
+}
