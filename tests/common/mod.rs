@@ -104,6 +104,10 @@ pub struct Setup {
     /// TOML for `[results]`; a private temp directory when `None`.
     pub results: Option<String>,
     pub tier_extra: String,
+    /// Extra lines of `[worker]`.
+    pub worker_extra: String,
+    /// ClickHouse URL of every tier; the test server when `None`.
+    pub clickhouse_url: Option<String>,
 }
 
 impl Default for Setup {
@@ -114,6 +118,8 @@ impl Default for Setup {
             extra: String::new(),
             results: None,
             tier_extra: String::new(),
+            worker_extra: String::new(),
+            clickhouse_url: None,
         }
     }
 }
@@ -156,14 +162,19 @@ pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) 
             .clone()
             .unwrap_or_else(|| format!("[results]\nurl = \"{}\"\n", results_dir.display())),
     );
-    toml.push_str(
-        "[worker]\npoll_interval = \"500ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\nshutdown_grace = \"2s\"\n",
-    );
+    toml.push_str(&format!(
+        "[worker]\n{}\n",
+        if setup.worker_extra.is_empty() {
+            "poll_interval = \"500ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\nshutdown_grace = \"2s\""
+        } else {
+            &setup.worker_extra
+        }
+    ));
     toml.push_str(&setup.extra);
     for tier in &setup.tiers {
         toml.push_str(&format!(
             "[tiers.{tier}]\nclickhouse_url = \"{}\"\nconcurrency = 4\n{}\n",
-            clickhouse_url(),
+            setup.clickhouse_url.clone().unwrap_or_else(clickhouse_url),
             setup.tier_extra
         ));
     }
@@ -436,4 +447,72 @@ pub fn spawn_sluice(config: &std::path::Path, args: &[&str]) -> Process {
         .spawn()
         .unwrap();
     Process(child)
+}
+
+/// A TCP proxy to the test ClickHouse that a test can stop and restart on the same port:
+/// stopping it refuses new connections and cuts open ones, as a ClickHouse outage does.
+pub struct Proxy {
+    addr: std::net::SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            tasks: Default::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let target = url::Url::parse(&clickhouse_url()).unwrap();
+        let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap());
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// ClickHouse "goes down": no new connections, open ones cut.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// ClickHouse "comes back" on the same address.
+    pub async fn resume(&self) {
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

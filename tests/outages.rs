@@ -1,0 +1,248 @@
+//! ClickHouse going away, a broken result store, and the bookkeeper's clean-up passes.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sqlx::PgPool;
+
+use sluice::bookkeeper::Bookkeeper;
+
+const FAST_RETRIES: &str = "poll_interval = \"200ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\n\
+    shutdown_grace = \"2s\"\nretry_backoff = \"100ms\"\nretry_backoff_max = \"400ms\"";
+
+#[sqlx::test(migrations = "./migrations")]
+async fn executions_retry_through_a_clickhouse_outage_and_finish(pool: PgPool) {
+    let proxy = Proxy::start().await;
+    let h = Harness::with(
+        pool,
+        Setup {
+            clickhouse_url: Some(proxy.url()),
+            worker_extra: FAST_RETRIES.into(),
+            tier_extra: "max_attempts = 30".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // One execution is running when ClickHouse goes away...
+    let running = h
+        .submit_ok(json!({
+            "sql": "SELECT sum(sleepEachRow(0.5)) FROM (SELECT number FROM system.numbers LIMIT 6)",
+            "settings": { "max_block_size": 1 },
+        }))
+        .await;
+    h.wait_for(&running, &["RUNNING"], Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.stop();
+    // ...and more are queued while it is away.
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(h.submit_ok(json!({ "sql": format!("SELECT {i}") })).await);
+    }
+    eventually(
+        Duration::from_secs(30),
+        "they fail and are retried",
+        || async {
+            let e = h.get(&queued[4]).await;
+            e["attempt"].as_i64().unwrap() >= 2 && e["status"] != "SUCCEEDED"
+        },
+    )
+    .await;
+    proxy.resume().await;
+    for id in queued.iter().chain([&running]) {
+        let e = h.wait_terminal(id).await;
+        assert_eq!(e["status"], "SUCCEEDED", "{e}");
+        let first = &e["failed_attempts"][0]["error"];
+        assert_eq!(first["code"], "CLICKHOUSE_UNAVAILABLE", "{e}");
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_outage_longer_than_the_attempts_fails_clearly(pool: PgPool) {
+    let proxy = Proxy::start().await;
+    proxy.stop();
+    let h = Harness::with(
+        pool,
+        Setup {
+            clickhouse_url: Some(proxy.url()),
+            worker_extra: FAST_RETRIES.into(),
+            tier_extra: "max_attempts = 2".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "FAILED");
+    assert_eq!(e["attempt"], 2);
+    assert_eq!(e["error"]["code"], "CLICKHOUSE_UNAVAILABLE");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot reach ClickHouse"), "{message}");
+    assert!(message.contains("gave up after 2 attempts"), "{message}");
+    assert_eq!(e["failed_attempts"].as_array().unwrap().len(), 2);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_broken_result_store_fails_the_execution_and_leaves_nothing(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    // A file where the store's `results/` directory must go: every write fails, even as
+    // root (permissions would not stop root).
+    let blocker = h.results_dir.path().join("results");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let small = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    // Larger than one 8 MiB part: the multipart path.
+    let large = h
+        .submit_ok(json!({
+            "sql": "SELECT number, toString(number) AS a, concat(a, a, a, a, a, a) AS b \
+                    FROM system.numbers LIMIT 400000",
+        }))
+        .await;
+    for id in [&small, &large] {
+        let e = h.wait_terminal(id).await;
+        assert_eq!(e["status"], "FAILED", "{e}");
+        assert_eq!(e["error"]["code"], "STORAGE_ERROR");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("could not store the result"),
+            "{message}"
+        );
+        assert_eq!(e["attempt"], 1, "storage errors are not retried");
+    }
+    // Nothing but the blocker (and the harness's own files) in the store's directory.
+    let entries: Vec<_> = std::fs::read_dir(h.results_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".toml"))
+        .collect();
+    assert_eq!(entries, vec!["results".to_string()]);
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"not a directory");
+}
+
+fn short_retention(purge_after: &str) -> Setup {
+    Setup {
+        tier_extra: format!(
+            "retention = {{ succeeded = \"1s\", failed = \"1s\", canceled = \"1s\", purge_after = \"{purge_after}\" }}"
+        ),
+        extra: "[bookkeeper]\ninterval = \"200ms\"\norphan_grace = \"1s\"\norphan_scan_interval = \"200ms\"\n"
+            .into(),
+        ..Default::default()
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn results_expire_and_orphans_are_collected(pool: PgPool) {
+    let h = Harness::with(pool, short_retention("1h")).await;
+    let ok = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let bad = h.submit_ok(json!({ "sql": "SELEC 1" })).await;
+    let e = h
+        .wait_for(&ok, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    h.wait_for(&bad, &["FAILED"], Duration::from_secs(30)).await;
+    let key = format!("results/{ok}/1.ndjson");
+    assert_eq!(h.results.list_keys().await.unwrap(), vec![key.clone()]);
+    assert_eq!(e["result"]["bytes"], 8); // {"1":1}\n
+
+    // An object a dead worker left behind, and one that is not Sluice's at all.
+    let orphan = format!("results/{}/1.ndjson", uuid::Uuid::now_v7());
+    let mut w = h.results.writer(&orphan);
+    w.write(bytes::Bytes::from_static(b"{}\n")).await.unwrap();
+    w.finish().await.unwrap();
+    let mut w = h.results.writer("results/README");
+    w.write(bytes::Bytes::from_static(b"keep me"))
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    let stop = h.shutdown.child_token();
+    tokio::spawn(bk.run(stop.clone()));
+
+    for id in [&ok, &bad] {
+        h.wait_for(id, &["EXPIRED"], Duration::from_secs(30)).await;
+    }
+    let e = h.get(&ok).await;
+    assert_eq!(e["result"]["bytes"], 8, "metadata stays");
+    let (status, _, body) = h.download(&ok).await;
+    assert_eq!(status, reqwest::StatusCode::GONE);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "result_expired");
+    assert_eq!(
+        h.get(&bad).await["error"]["code"],
+        "CLICKHOUSE_ERROR",
+        "the error stays"
+    );
+
+    eventually(
+        Duration::from_secs(30),
+        "the orphan is collected",
+        || async { h.results.list_keys().await.unwrap() == vec!["results/README".to_string()] },
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn expired_rows_are_purged_later(pool: PgPool) {
+    let h = Harness::with(pool, short_retention("2s")).await;
+    let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    let stop = h.shutdown.child_token();
+    tokio::spawn(bk.run(stop.clone()));
+    h.wait_for(&id, &["EXPIRED"], Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(30), "the row is purged", || async {
+        let r = h
+            .http
+            .get(h.url(&format!("/v1/executions/{id}")))
+            .send()
+            .await
+            .unwrap();
+        r.status() == reqwest::StatusCode::NOT_FOUND
+    })
+    .await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn passes_work_in_bounded_batches(pool: PgPool) {
+    let mut setup = short_retention("1h");
+    setup.extra = "[bookkeeper]\nbatch_size = 3\n".into();
+    let h = Harness::with(pool, setup).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(h.submit_ok(json!({ "sql": format!("SELECT {i}") })).await);
+    }
+    for id in &ids {
+        h.wait_for(id, &["SUCCEEDED"], Duration::from_secs(30))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = h
+        .store
+        .expire(
+            "default",
+            sluice::execution::Status::Succeeded,
+            Duration::from_secs(1),
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.len(),
+        3,
+        "one statement touches at most batch_size rows"
+    );
+    // A whole pass loops over batches until done.
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    let (n, _) = bk.expire_pass().await.unwrap();
+    assert_eq!(n, 7);
+    // The pass deleted the objects of the 7 rows it expired; the 3 expired by hand kept
+    // theirs, which only the orphan pass may remove, and not before orphan_grace.
+    assert_eq!(h.results.list_keys().await.unwrap().len(), 3);
+    assert_eq!(
+        bk.orphan_pass().await.unwrap(),
+        0,
+        "younger than orphan_grace (1h)"
+    );
+}
