@@ -173,6 +173,8 @@ impl Bookkeeper {
                 .reclaim_expired(bk.batch_size, bk.retry_backoff)
                 .await?;
             for r in &batch {
+                metrics::counter!("sluice_reclaims_total", "tier" => r.tier.clone(), "status" => r.status.as_str())
+                    .increment(1);
                 let query_id = clickhouse_query_id(r.id, r.lost_attempt);
                 warn!(
                     execution_id = %r.id,
@@ -213,6 +215,8 @@ impl Bookkeeper {
                         }
                     }
                     expired += rows.len();
+                    metrics::counter!("sluice_expirations_total", "tier" => tier.clone())
+                        .increment(rows.len() as u64);
                     if (rows.len() as i64) < batch {
                         break;
                     }

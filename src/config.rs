@@ -54,6 +54,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub bookkeeper: BookkeeperConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Tiers by name. Each has its own ClickHouse endpoint, settings and workers.
     pub tiers: BTreeMap<String, TierConfig>,
 }
@@ -80,6 +82,15 @@ impl Default for ApiConfig {
             max_page_size: default_max_page_size(),
         }
     }
+}
+
+/// Where `sluice worker` and `sluice bookkeeper` serve their own `/metrics` (the api
+/// serves it on its own address). Off when absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -366,6 +377,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "results",
     "worker",
     "bookkeeper",
+    "metrics",
     "tiers",
 ];
 

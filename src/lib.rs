@@ -17,6 +17,7 @@ pub mod bookkeeper;
 pub mod clickhouse;
 pub mod config;
 pub mod execution;
+pub mod metrics;
 pub mod outage;
 pub mod results;
 pub mod roles;

@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(path.as_deref()).context("configuration")?;
     let config_path = path.clone();
 
+    sluice::metrics::handle(); // record from the start, whatever the role
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal()?;

@@ -74,11 +74,33 @@ async fn serve_api(
         .map_err(RoleError::Serve)
 }
 
+/// Serves this process's counters on `metrics.listen`, if configured.
+async fn serve_own_metrics(config: &Config, shutdown: CancellationToken) -> Result<(), RoleError> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RoleError::Listen { addr, source })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { crate::metrics::handle().render() }),
+    );
+    info!(%addr, "serving /metrics");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(())
+}
+
 pub async fn worker(
     config: Config,
     tier: &str,
     shutdown: CancellationToken,
 ) -> Result<(), RoleError> {
+    serve_own_metrics(&config, shutdown.clone()).await?;
     let store = connect(&config).await?;
     let results = ResultStore::new(&config.results)?;
     Worker::new(&config, tier, store, results)?
@@ -88,6 +110,7 @@ pub async fn worker(
 }
 
 pub async fn bookkeeper(config: Config, shutdown: CancellationToken) -> Result<(), RoleError> {
+    serve_own_metrics(&config, shutdown.clone()).await?;
     let store = connect(&config).await?;
     let results = ResultStore::new(&config.results)?;
     Bookkeeper::new(&config, store, results)?

@@ -55,6 +55,7 @@ pub struct ApiContext {
         results::download,
         health,
         ready,
+        metrics,
     ),
     tags(
         (name = "executions", description = "Submit, inspect, cancel and download"),
@@ -82,6 +83,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/executions/{id}/result", get(results::download))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -124,6 +126,25 @@ pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView
             }),
         ),
     }
+}
+
+/// Prometheus metrics: the queue by tier and status, and this process's counters.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "Postgres unavailable", body = error::ErrorBody),
+    ))]
+pub async fn metrics(
+    State(ctx): State<ApiContext>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), error::ApiError> {
+    let text = crate::metrics::render(&ctx.store, ctx.config.tiers.keys()).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 /// Serves until `shutdown` fires, then finishes in-flight requests.

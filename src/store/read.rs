@@ -54,3 +54,53 @@ impl Store {
         Ok(rows)
     }
 }
+
+/// Executions of one tier in one status.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StatusCount {
+    pub tier: String,
+    pub status: Status,
+    pub count: i64,
+}
+
+/// The PENDING side of one tier.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingStats {
+    pub tier: String,
+    /// PENDING and past `run_after`: what idle workers would claim now.
+    pub runnable: i64,
+    pub oldest_age_seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueStats {
+    pub by_status: Vec<StatusCount>,
+    pub pending: Vec<PendingStats>,
+    pub leader: bool,
+}
+
+impl Store {
+    /// The queue's shape for `/metrics`. Counting by status scans the table, which the
+    /// bookkeeper's purge keeps bounded.
+    pub async fn queue_stats(&self) -> Result<QueueStats> {
+        let by_status = sqlx::query_as::<_, StatusCount>(
+            "SELECT tier, status, count(*) AS count FROM executions GROUP BY tier, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let pending = sqlx::query_as::<_, PendingStats>(
+            "SELECT tier, count(*) FILTER (WHERE run_after <= now()) AS runnable, \
+                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
+                     AS oldest_age_seconds \
+             FROM executions WHERE status = 'PENDING' GROUP BY tier",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let leader = self.leader().await?.is_some();
+        Ok(QueueStats {
+            by_status,
+            pending,
+            leader,
+        })
+    }
+}

@@ -161,6 +161,8 @@ impl Worker {
                         claim_log.success();
                         for execution in claimed {
                             self.stats.claimed.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("sluice_claims_total", "tier" => self.tier.clone())
+                                .increment(1);
                             let signals = Signals::default();
                             lock(&running).insert(execution.id, signals.clone());
                             let worker = self.clone();

@@ -63,6 +63,7 @@ impl Worker {
     }
 
     async fn execute_in_span(&self, execution: Execution, signals: Signals) {
+        let claimed_at = std::time::Instant::now();
         let fence = Fence::of(&execution, &self.id);
         let query_id = execution.clickhouse_query_id();
         info!(query_id, "running");
@@ -149,6 +150,17 @@ impl Worker {
             Outcome::HandedBack => "handed_back",
         };
         self.stats.record(label);
+        let tier = execution.tier.clone();
+        metrics::counter!("sluice_completions_total", "tier" => tier.clone(), "outcome" => label)
+            .increment(1);
+        metrics::histogram!("sluice_execution_duration_seconds", "tier" => tier.clone(), "outcome" => label)
+            .record(claimed_at.elapsed().as_secs_f64());
+        if label == "retried" {
+            metrics::counter!("sluice_retries_total", "tier" => tier.clone()).increment(1);
+        }
+        if let Outcome::Succeeded(meta) = &outcome {
+            metrics::counter!("sluice_result_bytes_total", "tier" => tier).increment(meta.bytes);
+        }
         match written {
             Ok(true) => info!(outcome = label, "finished"),
             Ok(false) => warn!(

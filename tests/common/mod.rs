@@ -187,6 +187,7 @@ impl Harness {
     }
 
     pub async fn with(pool: PgPool, setup: Setup) -> Harness {
+        sluice::metrics::handle();
         let results_dir = tempfile::tempdir().unwrap();
         let toml = config_toml(&pool, &setup, results_dir.path());
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
