@@ -379,20 +379,54 @@ async fn health_ready_docs_and_openapi_are_served(pool: PgPool) {
     assert!(doc["paths"]["/v1/executions"]["post"].is_object());
 }
 
-#[sqlx::test(migrations = "./migrations")]
-async fn ready_is_503_when_postgres_is_unreachable(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
-    h.store.pool().close().await;
-    let r = h.http.get(h.url("/ready")).send().await.unwrap();
+#[tokio::test]
+async fn the_api_answers_503_while_postgres_is_unreachable() {
+    // An api whose Postgres is down: nothing listens on the port.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options: sqlx::postgres::PgConnectOptions =
+        format!("postgres://postgres@127.0.0.1:{dead_port}/sluice")
+            .parse()
+            .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy_with(options);
+    let config = sluice::config::Config::from_toml(&format!(
+        "database_url = \"postgres://x\"\n[tiers.default]\nclickhouse_url = \"{}\"\n",
+        clickhouse_url()
+    ))
+    .unwrap();
+    let results_dir = tempfile::tempdir().unwrap();
+    let mut results_config = config.results.clone();
+    results_config.url = results_dir.path().display().to_string();
+    let ctx = sluice::api::ApiContext {
+        config: std::sync::Arc::new(config),
+        store: sluice::store::Store::from_pool(pool),
+        results: sluice::results::ResultStore::new(&results_config).unwrap(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sluice::api::serve(listener, ctx, stop.clone()));
+    let http = reqwest::Client::new();
+
+    let r = http.get(format!("{base}/ready")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let (s, v) = h.submit(json!({ "sql": "SELECT 1" })).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "not_ready");
+    let r = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the process itself is alive");
+    let r = http
+        .post(format!("{base}/v1/executions"))
+        .json(&json!({ "sql": "SELECT 1" }))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    let v: Value = r.json().await.unwrap();
     assert_error(
         s,
         &v,
@@ -400,6 +434,13 @@ async fn ready_is_503_when_postgres_is_unreachable(pool: PgPool) {
         "unavailable",
         "unavailable",
     );
+    let r = http
+        .get(format!("{base}/v1/executions/{}", uuid::Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    stop.cancel();
 }
 
 #[test]

@@ -78,8 +78,11 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(code, error = %self, "request failed");
+        match &self {
+            // An outage fails every request: log it once per interval, not per request.
+            ApiError::Unavailable(_) => lock_outage().failure(&self),
+            _ if status.is_server_error() => tracing::error!(code, error = %self, "request failed"),
+            _ => {}
         }
         let body = ErrorBody {
             error: ErrorDetail {
@@ -95,6 +98,18 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+static OUTAGE: std::sync::LazyLock<std::sync::Mutex<crate::outage::OutageLog>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(crate::outage::OutageLog::new("api")));
+
+fn lock_outage() -> std::sync::MutexGuard<'static, crate::outage::OutageLog> {
+    OUTAGE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tells the outage log that the database answered again.
+pub(crate) fn database_answered() {
+    lock_outage().success();
 }
 
 impl From<StoreError> for ApiError {

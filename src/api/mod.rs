@@ -109,14 +109,17 @@ pub async fn health() -> Json<HealthView> {
     responses((status = 200, body = ReadyView), (status = 503, body = ReadyView)))]
 pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView>) {
     match ctx.store.leader().await {
-        Ok(leader) => (
-            StatusCode::OK,
-            Json(ReadyView {
-                status: "ready".into(),
-                postgres: "ok".into(),
-                bookkeeper_leader: leader,
-            }),
-        ),
+        Ok(leader) => {
+            error::database_answered();
+            (
+                StatusCode::OK,
+                Json(ReadyView {
+                    status: "ready".into(),
+                    postgres: "ok".into(),
+                    bookkeeper_leader: leader,
+                }),
+            )
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(ReadyView {
