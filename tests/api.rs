@@ -46,14 +46,7 @@ fn assert_error(
 
 #[sqlx::test(migrations = "./migrations")]
 async fn malformed_json_is_400(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let (s, v) = post_raw(&h, "application/json", "{\"sql\": ").await;
     assert_error(
         s,
@@ -66,14 +59,7 @@ async fn malformed_json_is_400(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_body_over_the_limit_is_413(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let sql = format!("SELECT '{}'", "x".repeat(1024 * 1024));
     let (s, v) = post_raw(&h, "application/json", json!({ "sql": sql }).to_string()).await;
     assert_error(
@@ -118,14 +104,7 @@ async fn the_body_limit_is_configurable(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn each_bad_field_gets_its_own_400(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let cases: Vec<(Value, &str, &str)> = vec![
         (
             json!({ "sql": "SELECT 1", "tier": "gold" }),
@@ -191,14 +170,7 @@ async fn each_bad_field_gets_its_own_400(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn wrong_content_type_and_bad_query_strings(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let (s, v) = post_raw(&h, "application/xml", "<sql/>").await;
     assert_error(
         s,
@@ -243,14 +215,7 @@ async fn wrong_content_type_and_bad_query_strings(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn unknown_ids_are_404_everywhere(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let missing = uuid::Uuid::now_v7();
     for id in [missing.to_string(), "not-a-uuid".to_string()] {
         for (method, path) in [
@@ -275,14 +240,7 @@ async fn unknown_ids_are_404_everywhere(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn result_is_409_until_succeeded_and_410_once_expired(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
     let (s, _, body) = h.download(&id).await;
     let v: Value = serde_json::from_slice(&body).unwrap();
@@ -310,14 +268,7 @@ async fn result_is_409_until_succeeded_and_410_once_expired(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn the_database_rejects_illegal_transitions(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
     for illegal in ["SUCCEEDED", "FAILED", "EXPIRED"] {
         let e =
@@ -345,14 +296,7 @@ async fn the_database_rejects_illegal_transitions(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn health_ready_docs_and_openapi_are_served(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     for path in ["/health", "/ready", "/openapi.json", "/docs/"] {
         let r = h.http.get(h.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");

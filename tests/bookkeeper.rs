@@ -25,14 +25,7 @@ async fn claim_as_dead_worker(h: &Harness, lease: Duration) -> Vec<Fence> {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 'again'" })).await;
     let fences = claim_as_dead_worker(&h, Duration::from_millis(1)).await;
     assert_eq!(fences.len(), 1);
@@ -105,14 +98,7 @@ async fn out_of_attempts_fails_with_worker_lost(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_cancel_requested_while_the_worker_is_lost_ends_canceled(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
     claim_as_dead_worker(&h, Duration::from_millis(1)).await;
     let (status, _) = h.cancel(&id).await;

@@ -64,14 +64,7 @@ async fn eight_workers_run_500_executions_exactly_once(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn two_hundred_identical_posts_make_one_execution(pool: PgPool) {
     // No worker: the execution stays in flight while every POST arrives.
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let body = json!({ "sql": "SELECT 42", "format": "JSON" });
     let posts = (0..200).map(|_| {
         let http = h.http.clone();
@@ -120,14 +113,7 @@ async fn a_finished_execution_does_not_collapse_new_submits(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn different_settings_or_format_are_different_executions(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let a = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
     let b = h
         .submit_ok(json!({ "sql": "SELECT 1", "format": "CSV" }))
@@ -140,14 +126,7 @@ async fn different_settings_or_format_are_different_executions(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn same_query_id_with_new_sql_supersedes_the_pending_one(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let old = h
         .submit_ok(json!({ "sql": "SELECT 1", "query_id": "report-7" }))
         .await;

@@ -148,14 +148,7 @@ async fn range_requests_return_the_requested_bytes(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn status_moves_pending_running_succeeded_with_timings(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let (status, v) = h.submit(json!({ "sql": "SELECT 1" })).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(v["outcome"], "created");
@@ -244,14 +237,7 @@ async fn the_issue_example_of_a_mid_stream_error_fails_with_its_code(pool: PgPoo
 
 #[sqlx::test(migrations = "./migrations")]
 async fn cancel_pending_is_immediate(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
     let (status, v) = h.cancel(&id).await;
     assert_eq!(status, StatusCode::OK);
@@ -389,14 +375,7 @@ async fn text_plain_submissions_work_like_agp(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn list_is_newest_first_with_keyset_pagination(pool: PgPool) {
-    let h = Harness::with(
-        pool,
-        Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = Harness::without_workers(pool).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(

@@ -125,14 +125,12 @@ impl Store {
         result: &ResultMeta,
         progress: &Progress,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let done = fenced(
             "UPDATE executions SET status = 'SUCCEEDED', finished_at = now(), \
                  lease_expires_at = NULL, result = $4, progress = $5 \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+            fence,
         )
-        .bind(fence.id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
         .bind(sqlx::types::Json(result))
         .bind(sqlx::types::Json(progress))
         .execute(&self.pool)
@@ -142,16 +140,14 @@ impl Store {
 
     /// RUNNING -> FAILED; the error joins the attempt history.
     pub async fn fail(&self, fence: &Fence, error: &ErrorInfo) -> Result<bool> {
-        let done = sqlx::query(
+        let done = fenced(
             "UPDATE executions SET status = 'FAILED', finished_at = now(), \
                  lease_expires_at = NULL, error = $4, \
                  attempts = attempts || jsonb_build_array(jsonb_build_object( \
                      'attempt', attempt, 'worker_id', worker_id, 'at', now(), 'error', $4)) \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+            fence,
         )
-        .bind(fence.id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
         .bind(sqlx::types::Json(error))
         .execute(&self.pool)
         .await?;
@@ -161,17 +157,15 @@ impl Store {
     /// RUNNING -> PENDING after a transient failure: runs again after `delay`, and the
     /// error joins the attempt history.
     pub async fn retry(&self, fence: &Fence, error: &ErrorInfo, delay: Duration) -> Result<bool> {
-        let done = sqlx::query(
+        let done = fenced(
             "UPDATE executions SET status = 'PENDING', worker_id = NULL, \
                  lease_expires_at = NULL, progress = NULL, error = $4, \
                  run_after = now() + $5 * interval '1 millisecond', \
                  attempts = attempts || jsonb_build_array(jsonb_build_object( \
                      'attempt', attempt, 'worker_id', worker_id, 'at', now(), 'error', $4)) \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+            fence,
         )
-        .bind(fence.id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
         .bind(sqlx::types::Json(error))
         .bind(millis(delay))
         .execute(&self.pool)
@@ -181,16 +175,14 @@ impl Store {
 
     /// RUNNING -> CANCELED, once the worker has stopped the query.
     pub async fn mark_canceled(&self, fence: &Fence) -> Result<bool> {
-        let done = sqlx::query(
+        let done = fenced(
             "UPDATE executions SET status = 'CANCELED', finished_at = now(), \
                  lease_expires_at = NULL, \
                  error = jsonb_build_object('code', 'CANCELED', \
                      'message', 'canceled on request; the ClickHouse query was killed') \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+            fence,
         )
-        .bind(fence.id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -199,16 +191,14 @@ impl Store {
     /// RUNNING -> PENDING on graceful shutdown. The attempt it used is given back (by
     /// raising `max_attempts`), since the execution did nothing wrong.
     pub async fn hand_back(&self, fence: &Fence) -> Result<bool> {
-        let done = sqlx::query(
+        let done = fenced(
             "UPDATE executions SET status = 'PENDING', worker_id = NULL, \
                  lease_expires_at = NULL, progress = NULL, run_after = now(), \
                  max_attempts = max_attempts + 1 \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING' \
              RETURNING tier",
+            fence,
         )
-        .bind(fence.id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = done else { return Ok(false) };
@@ -254,4 +244,16 @@ impl Store {
             }),
         }
     }
+}
+
+/// An UPDATE whose `$1, $2, $3` are the fence's id, attempt and worker; its WHERE clause
+/// must say `id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'`.
+fn fenced<'q>(
+    sql: &'static str,
+    fence: &'q Fence,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(fence.id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
 }

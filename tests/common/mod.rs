@@ -186,6 +186,18 @@ impl Harness {
         Harness::with(pool, Setup::default()).await
     }
 
+    /// The api alone: submissions stay PENDING until a test starts a worker.
+    pub async fn without_workers(pool: PgPool) -> Harness {
+        Harness::with(
+            pool,
+            Setup {
+                workers: vec![],
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     pub async fn with(pool: PgPool, setup: Setup) -> Harness {
         sluice::metrics::handle();
         let results_dir = tempfile::tempdir().unwrap();
