@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -102,6 +102,7 @@ impl ResultStore {
                 len: 0,
             },
             bytes: 0,
+            small: BytesMut::new(),
         }
     }
 
@@ -229,7 +230,12 @@ pub struct ResultWriter {
     upload_concurrency: usize,
     state: WriterState,
     bytes: u64,
+    /// Small chunks gathered until `COALESCE_BYTES`.
+    small: BytesMut,
 }
+
+/// Chunks smaller than this are copied together before they reach the store.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 enum WriterState {
     /// Less than one part so far.
@@ -243,6 +249,28 @@ enum WriterState {
 impl ResultWriter {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), ResultsError> {
         self.bytes += chunk.len() as u64;
+        // Large chunks travel as they are; small ones (old servers send many of a few
+        // KiB) are gathered first, since each piece costs the store a write of its own.
+        if chunk.len() >= COALESCE_BYTES {
+            self.flush_small().await?;
+            return self.push(chunk).await;
+        }
+        self.small.extend_from_slice(&chunk);
+        if self.small.len() >= COALESCE_BYTES {
+            self.flush_small().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_small(&mut self) -> Result<(), ResultsError> {
+        if self.small.is_empty() {
+            return Ok(());
+        }
+        let gathered = self.small.split().freeze();
+        self.push(gathered).await
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<(), ResultsError> {
         match &mut self.state {
             WriterState::Uploading(upload) => {
                 upload.wait_for_capacity(self.upload_concurrency).await?;
@@ -271,7 +299,8 @@ impl ResultWriter {
     }
 
     /// Completes the upload; the object becomes visible.
-    pub async fn finish(self) -> Result<u64, ResultsError> {
+    pub async fn finish(mut self) -> Result<u64, ResultsError> {
+        self.flush_small().await?;
         match self.state {
             WriterState::Buffering { chunks, .. } => {
                 let payload: PutPayload = chunks.into_iter().collect();
