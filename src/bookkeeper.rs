@@ -74,12 +74,8 @@ impl Bookkeeper {
             .iter()
             .map(|(name, tier)| Ok((name.clone(), Endpoint::new(tier)?)))
             .collect::<Result<_, EngineError>>()?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
-        let nonce = &Uuid::new_v4().simple().to_string()[..8];
         Ok(Bookkeeper {
-            name: format!("sluice-bookkeeper-{host}-{}-{nonce}", std::process::id()),
+            name: crate::instance_id("bookkeeper"),
             config: config.clone(),
             store,
             results,

@@ -23,3 +23,13 @@ pub mod results;
 pub mod roles;
 pub mod store;
 pub mod worker;
+
+/// A name for this process's worker or bookkeeper, unique across hosts and restarts:
+/// `<host>-<pid>-<label>-<nonce>`. It shows in logs, `worker_id` and `/ready`.
+pub(crate) fn instance_id(label: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{label}-{nonce}", std::process::id())
+}

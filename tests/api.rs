@@ -14,18 +14,7 @@ async fn post_raw(
     content_type: &str,
     body: impl Into<reqwest::Body>,
 ) -> (StatusCode, Value) {
-    let r = h
-        .http
-        .post(h.url("/v1/executions"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-    (status, v)
+    h.post("/v1/executions", content_type, body).await
 }
 
 fn assert_error(
@@ -181,16 +170,10 @@ async fn wrong_content_type_and_bad_query_strings(pool: PgPool) {
     );
     let (s, v) = post_raw(&h, "text/plain", "").await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "empty_sql", "sql");
-    let r = h
-        .http
-        .post(h.url("/v1/executions?tier=nope"))
-        .header("content-type", "text/plain")
-        .body("SELECT 1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let v: Value = r.json().await.unwrap();
+    let (s, v) = h
+        .post("/v1/executions?tier=nope", "text/plain", "SELECT 1")
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["code"], "unknown_tier");
 
     for (query, code) in [
@@ -201,14 +184,8 @@ async fn wrong_content_type_and_bad_query_strings(pool: PgPool) {
         ("limit=abc", "invalid_query"),
         ("colour=red", "invalid_query"),
     ] {
-        let r = h
-            .http
-            .get(h.url(&format!("/v1/executions?{query}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
-        let v: Value = r.json().await.unwrap();
+        let (s, v) = h.get_json(&format!("/v1/executions?{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(v["error"]["code"], code, "{query}: {v}");
     }
 }
@@ -301,15 +278,7 @@ async fn health_ready_docs_and_openapi_are_served(pool: PgPool) {
         let r = h.http.get(h.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
-    let v: Value = h
-        .http
-        .get(h.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = h.get_json("/ready").await;
     assert_eq!(v["postgres"], "ok");
     let doc: Value = h
         .http

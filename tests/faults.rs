@@ -147,15 +147,7 @@ async fn one_of_two_bookkeepers_leads_and_the_other_takes_over(pool: PgPool) {
         assert!(leader.contains(&format!("-{}-", second.pid())), "{leader}");
         (&mut second, &mut first)
     };
-    let ready: serde_json::Value = h
-        .http
-        .get(h.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = h.get_json("/ready").await;
     assert_eq!(ready["bookkeeper_leader"], leader.as_str());
 
     dead.kill9();

@@ -354,16 +354,14 @@ async fn shutdown_hands_running_work_back_without_using_an_attempt(pool: PgPool)
 #[sqlx::test(migrations = "./migrations")]
 async fn text_plain_submissions_work_like_agp(pool: PgPool) {
     let h = Harness::start(pool).await;
-    let r = h
-        .http
-        .post(h.url("/v1/executions?format=CSVWithNames&priority=3"))
-        .header("content-type", "text/plain")
-        .body("SELECT 1 AS one")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = h
+        .post(
+            "/v1/executions?format=CSVWithNames&priority=3",
+            "text/plain",
+            "SELECT 1 AS one",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     assert_eq!(v["execution"]["format"], "CSVWithNames");
     assert_eq!(v["execution"]["priority"], 3);
     let id = v["execution"]["id"].as_str().unwrap();
@@ -387,11 +385,11 @@ async fn list_is_newest_first_with_keyset_pagination(pool: PgPool) {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut url = h.url("/v1/executions?query_id=q&limit=2");
+        let mut path = "/v1/executions?query_id=q&limit=2".to_string();
         if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
+            path.push_str(&format!("&cursor={c}"));
         }
-        let page: serde_json::Value = h.http.get(url).send().await.unwrap().json().await.unwrap();
+        let (_, page) = h.get_json(&path).await;
         for e in page["executions"].as_array().unwrap() {
             seen.push(e["id"].as_str().unwrap().to_string());
         }
@@ -402,15 +400,7 @@ async fn list_is_newest_first_with_keyset_pagination(pool: PgPool) {
     }
     ids.reverse();
     assert_eq!(seen, ids);
-    let page: serde_json::Value = h
-        .http
-        .get(h.url("/v1/executions?status=canceled"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, page) = h.get_json("/v1/executions?status=canceled").await;
     assert_eq!(page["executions"].as_array().unwrap().len(), 4);
 }
 

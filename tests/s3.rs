@@ -31,17 +31,19 @@ fn s3_results(bucket: &str) -> String {
     )
 }
 
+/// A harness whose results go to a fresh bucket; returns the bucket's name too.
+async fn s3_harness(pool: PgPool) -> (Harness, String) {
+    let bucket = bucket().await;
+    let setup = Setup {
+        results: Some(s3_results(&bucket)),
+        ..Default::default()
+    };
+    (Harness::with(pool, setup).await, bucket)
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn results_stream_into_s3_with_multipart_and_back(pool: PgPool) {
-    let bucket = bucket().await;
-    let h = Harness::with(
-        pool,
-        Setup {
-            results: Some(s3_results(&bucket)),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (h, _bucket) = s3_harness(pool).await;
     // ~30 MB: several 8 MiB parts.
     let sql = "SELECT number, toString(number) AS a, concat(a, a, a, a, a, a, a, a) AS b \
                FROM system.numbers LIMIT 300000";
@@ -80,15 +82,7 @@ async fn results_stream_into_s3_with_multipart_and_back(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_failed_stream_leaves_nothing_in_s3(pool: PgPool) {
-    let bucket = bucket().await;
-    let h = Harness::with(
-        pool,
-        Setup {
-            results: Some(s3_results(&bucket)),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (h, bucket) = s3_harness(pool).await;
     // Fails after more than one part has been uploaded.
     let id = h
         .submit_ok(json!({

@@ -102,7 +102,7 @@ impl Worker {
             .clone();
         let engine = Endpoint::new(&tier_config)?;
         Ok(Worker {
-            id: worker_id(tier),
+            id: crate::instance_id(tier),
             tier: tier.to_string(),
             tier_config,
             config: config.worker.clone(),
@@ -270,12 +270,4 @@ async fn listen(
             let _ = events.try_send(event);
         }
     }
-}
-
-fn worker_id(tier: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    let nonce = &Uuid::new_v4().simple().to_string()[..8];
-    format!("{host}-{}-{tier}-{nonce}", std::process::id())
 }

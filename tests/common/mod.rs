@@ -274,8 +274,31 @@ impl Harness {
             .send()
             .await
             .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap())
+        json_answer(r).await
+    }
+
+    /// GET `path`; the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        json_answer(r).await
+    }
+
+    /// POST `body` to `path` with `content_type`; the status and the JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        json_answer(r).await
     }
 
     /// Submits and returns the execution id, asserting it was created.
@@ -286,14 +309,9 @@ impl Harness {
     }
 
     pub async fn get(&self, id: &str) -> Value {
-        let r = self
-            .http
-            .get(self.url(&format!("/v1/executions/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        r.json().await.unwrap()
+        let (status, v) = self.get_json(&format!("/v1/executions/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
     }
 
     /// Polls until the execution's status is one of `statuses`; panics after `deadline`.
@@ -344,8 +362,7 @@ impl Harness {
             .send()
             .await
             .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap())
+        json_answer(r).await
     }
 
     /// Waits until the execution is RUNNING and its query shows in ClickHouse's
@@ -384,6 +401,14 @@ impl Drop for Harness {
             t.abort();
         }
     }
+}
+
+/// The status and JSON body of an answer; panics, showing the body, if it is not JSON.
+pub async fn json_answer(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, v)
 }
 
 /// Polls `f` until it returns true; panics with `what` after `deadline`.
