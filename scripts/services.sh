@@ -111,8 +111,13 @@ ch18() {
     local d=$RUN/ch18
     rm -rf "$d"
     mkdir -p "$d/data/tmp" "$d/data/user_files" "$d/data/fs"
+    # Sluice passes each principal's quota key; 18.x refuses client-supplied keys unless
+    # the user's quota is keyed, so the default quota is made keyed (users.xml copied).
+    sed '/<quotas>/,/<\/quotas>/ s|<interval>|<keyed />\n<interval>|' \
+        /etc/clickhouse-server/users.xml >"$d/users.xml"
     log "starting ClickHouse 18.16 on $CH18_PORT"
     setsid nohup clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
+        --users_config="$d/users.xml" \
         --path="$d/data/" --tmp_path="$d/data/tmp/" --user_files_path="$d/data/user_files/" \
         --format_schema_path="$d/data/fs/" --http_port="$CH18_PORT" \
         --tcp_port="${SLUICE_CH18_TCP_PORT:-9000}" \

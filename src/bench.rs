@@ -107,6 +107,12 @@ pub async fn run(
         .join(format!("sluice-bench-{}", Uuid::now_v7()));
     println!("results in {}", results_dir.display());
     let port = free_port()?;
+    // The bench's own credential: a JWT secret for its processes, and a token from it.
+    let jwt_secret = crate::auth::generate_key();
+    let token = crate::auth::sign_jwt(
+        &serde_json::json!({"sub": "bench", "tenant": "bench", "exp": crate::auth::unix_now() + 86_400}),
+        &jwt_secret,
+    );
     let base = format!("http://127.0.0.1:{port}");
     let exe = std::env::current_exe()?;
     let spawn = |args: &[&str]| -> Result<Child, BenchError> {
@@ -124,6 +130,7 @@ pub async fn run(
                 opts.concurrency.to_string(),
             )
             .env("SLUICE_WORKER__POLL_INTERVAL", "1s")
+            .env("SLUICE_AUTH__JWT__SECRET", &jwt_secret)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -132,12 +139,22 @@ pub async fn run(
     let mut children = Children(vec![spawn(&["api"])?]);
     children.0.push(spawn(&["worker", "--tier", &tier])?);
     let worker_pid = children.0[1].id();
-    let http = reqwest::Client::new();
+    let mut auth_headers = reqwest::header::HeaderMap::new();
+    auth_headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| failed(e.to_string()))?,
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(auth_headers)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
     wait_healthy(&http, &base).await?;
 
     println!(
         "sluice bench: tier `{tier}` at {}, worker concurrency {}",
-        tier_config.clickhouse_url, opts.concurrency
+        tier_config.clickhouse_url.list().join(", "),
+        opts.concurrency
     );
 
     // 1. Pickup latency with idle workers: one execution at a time.
@@ -305,7 +322,8 @@ async fn wait_done(
 
 /// Times `curl` fetching the query straight from ClickHouse with the tier's settings.
 fn direct_download(tier: &crate::config::TierConfig, sql: &str) -> Result<Duration, BenchError> {
-    let mut url = url::Url::parse(&tier.clickhouse_url).map_err(|e| failed(e.to_string()))?;
+    let mut url =
+        url::Url::parse(&tier.clickhouse_url.list()[0]).map_err(|e| failed(e.to_string()))?;
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("default_format", "JSONEachRow");

@@ -56,6 +56,9 @@ pub struct Config {
     pub bookkeeper: BookkeeperConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Who may call the API: API keys and JWT verification.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Tiers by name. Each has its own ClickHouse endpoint, settings and workers.
     pub tiers: BTreeMap<String, TierConfig>,
 }
@@ -72,6 +75,13 @@ pub struct ApiConfig {
     /// Largest `limit` accepted by the list endpoint.
     #[serde(default = "default_max_page_size")]
     pub max_page_size: u32,
+    /// Base URL clients reach this API at, used in signed result links; the request's
+    /// `Host` header (over http) when absent.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// `Retry-After` of a 429 (queue cap reached).
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +90,8 @@ impl Default for ApiConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             max_page_size: default_max_page_size(),
+            public_url: None,
+            retry_after: default_retry_after(),
         }
     }
 }
@@ -111,6 +123,17 @@ pub struct ResultsConfig {
     /// Parts of one result uploaded concurrently.
     #[serde(default = "default_upload_concurrency")]
     pub upload_concurrency: usize,
+    /// Longest validity of a result link (`POST /v1/executions/{id}/result-url`).
+    #[serde(default = "default_link_max_ttl", with = "humantime_serde")]
+    pub link_max_ttl: Duration,
+    /// Validity of a result link when the request names none.
+    #[serde(default = "default_link_ttl", with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// Key of the HMAC that signs links to a local result store (at least 32 bytes).
+    /// Every api process must share it. When absent each process makes a random one, so
+    /// its links work only on that process and die with it.
+    #[serde(default)]
+    pub link_secret: Option<String>,
 }
 
 impl Default for ResultsConfig {
@@ -120,6 +143,9 @@ impl Default for ResultsConfig {
             options: BTreeMap::new(),
             part_bytes: default_part_bytes(),
             upload_concurrency: default_upload_concurrency(),
+            link_max_ttl: default_link_max_ttl(),
+            link_ttl: default_link_ttl(),
+            link_secret: None,
         }
     }
 }
@@ -196,6 +222,67 @@ impl Default for BookkeeperConfig {
     }
 }
 
+/// Authentication. Every `/v1` route needs `Authorization: Bearer <credential>`, where
+/// the credential is an API key listed here (by its sha256) or a JWT signed with
+/// `jwt.secret`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// One API key: only its sha256 is stored. `sluice keygen` prints a new key and this
+/// entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The principal's name (recorded as `created_by`).
+    pub name: String,
+    /// Hex sha256 of the key.
+    pub sha256: String,
+    /// Tenant whose executions the key sees and creates.
+    pub tenant: String,
+    /// Tiers the key may use; every tier when absent.
+    #[serde(default)]
+    pub tiers: Option<Vec<String>>,
+    /// Tier of submissions that name none; the global `default_tier` when absent.
+    #[serde(default)]
+    pub default_tier: Option<String>,
+    /// Sees and cancels every tenant's executions.
+    #[serde(default)]
+    pub admin: bool,
+    /// Quota key passed to ClickHouse; the principal's name when absent.
+    #[serde(default)]
+    pub quota_key: Option<String>,
+    /// Overrides the tier's `max_running_per_tenant` for this principal's submissions.
+    #[serde(default)]
+    pub max_running: Option<u32>,
+    /// Overrides the tier's `max_queued_per_tenant` for this principal's submissions.
+    #[serde(default)]
+    pub max_queued: Option<u32>,
+}
+
+/// JWT bearer tokens, HS256. Claims: `sub` (principal), `tenant`, `exp` (required);
+/// `tiers` (allowed tiers), `tier` (default tier), `quota_key`, `admin` (optional).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The HMAC key, at least 32 bytes.
+    pub secret: String,
+    /// Required `iss` claim, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_jwt_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
 /// How long finished executions keep their result, per terminal status. Past it the
 /// result object is deleted and the execution becomes EXPIRED; past `purge_after` the
 /// row itself is deleted.
@@ -227,8 +314,9 @@ impl Default for Retention {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
-    /// ClickHouse HTTP endpoint, e.g. `http://127.0.0.1:8123`.
-    pub clickhouse_url: String,
+    /// ClickHouse HTTP endpoint, e.g. `http://127.0.0.1:8123`, or a list of replicas
+    /// tried in order when one cannot be reached.
+    pub clickhouse_url: Urls,
     #[serde(default = "default_ch_user")]
     pub user: String,
     #[serde(default)]
@@ -243,6 +331,23 @@ pub struct TierConfig {
     /// Settings a client may add to a submission. Anything else is rejected with 400.
     #[serde(default = "default_client_settings")]
     pub client_settings: Vec<String>,
+    /// Numeric bounds of client settings, e.g. `max_threads = { max = 8 }`.
+    #[serde(default)]
+    pub client_setting_bounds: BTreeMap<String, Bounds>,
+    /// Largest SQL text accepted on this tier, in bytes.
+    #[serde(default = "default_max_sql_bytes")]
+    pub max_sql_bytes: usize,
+    /// Executions of one tenant running at once on this tier, over all its workers.
+    #[serde(default)]
+    pub max_running_per_tenant: Option<u32>,
+    /// PENDING executions one tenant may have on this tier; more get 429.
+    #[serde(default)]
+    pub max_queued_per_tenant: Option<u32>,
+    /// Pass each principal's quota key to ClickHouse (`quota_key`). Servers before 20.x
+    /// refuse client-supplied keys unless the user's quota is `keyed`; turn this off
+    /// for such a server rather than key its quota.
+    #[serde(default = "default_true")]
+    pub send_quota_key: bool,
     /// Executions of this tier one worker runs at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -251,6 +356,33 @@ pub struct TierConfig {
     pub max_attempts: i32,
     #[serde(default)]
     pub retention: Retention,
+}
+
+/// One URL or several, in TOML either `"http://a"` or `["http://a", "http://b"]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Urls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Urls {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Urls::One(u) => vec![u.clone()],
+            Urls::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Inclusive numeric bounds of a client setting.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bounds {
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 /// A ClickHouse setting value as written in TOML.
@@ -361,6 +493,24 @@ fn default_client_settings() -> Vec<String> {
     .map(String::from)
     .collect()
 }
+fn default_retry_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_link_max_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_link_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_jwt_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_sql_bytes() -> usize {
+    256 * 1024
+}
 fn default_concurrency() -> usize {
     4
 }
@@ -378,6 +528,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "worker",
     "bookkeeper",
     "metrics",
+    "auth",
     "tiers",
 ];
 
@@ -480,6 +631,69 @@ impl Config {
         for (name, tier) in &self.tiers {
             validate_tier(name, tier)?;
         }
+        if let Some(u) = &self.api.public_url {
+            match url::Url::parse(u) {
+                Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                _ => return Err(invalid("api.public_url", "must be an http(s) URL")),
+            }
+        }
+        let r = &self.results;
+        if r.link_ttl.is_zero() || r.link_ttl > r.link_max_ttl {
+            return Err(invalid(
+                "results.link_ttl",
+                "must be positive and at most results.link_max_ttl",
+            ));
+        }
+        if let Some(s) = &r.link_secret
+            && s.len() < 32
+        {
+            return Err(invalid("results.link_secret", "must be at least 32 bytes"));
+        }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let mut hashes = std::collections::HashSet::new();
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            let at = |k: &str| format!("auth.api_keys[{i}].{k}");
+            if key.name.trim().is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if key.tenant.trim().is_empty() {
+                return Err(invalid(at("tenant"), "must not be empty"));
+            }
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    at("sha256"),
+                    "must be the 64 hex digits of the key's sha256 (see `sluice keygen`)",
+                ));
+            }
+            if !hashes.insert(key.sha256.to_ascii_lowercase()) {
+                return Err(invalid(at("sha256"), "the same key is listed twice"));
+            }
+            for tier in key.tiers.iter().flatten() {
+                if !self.tiers.contains_key(tier) {
+                    return Err(invalid(
+                        at("tiers"),
+                        format!("tier `{tier}` is not configured"),
+                    ));
+                }
+            }
+            if let Some(t) = &key.default_tier {
+                let allowed = key.tiers.as_ref().is_none_or(|ts| ts.contains(t));
+                if !self.tiers.contains_key(t) || !allowed {
+                    return Err(invalid(
+                        at("default_tier"),
+                        format!("tier `{t}` is not configured or not among the key's tiers"),
+                    ));
+                }
+            }
+        }
+        if let Some(jwt) = &self.auth.jwt
+            && jwt.secret.len() < 32
+        {
+            return Err(invalid("auth.jwt.secret", "must be at least 32 bytes"));
+        }
         Ok(())
     }
 
@@ -512,10 +726,41 @@ fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
             "tier names use only letters, digits, `_` and `-` (at most 64)",
         ));
     }
-    match url::Url::parse(&tier.clickhouse_url) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        Ok(_) => return Err(invalid(key("clickhouse_url"), "must be an http(s) URL")),
-        Err(e) => return Err(invalid(key("clickhouse_url"), e.to_string())),
+    let urls = tier.clickhouse_url.list();
+    if urls.is_empty() {
+        return Err(invalid(key("clickhouse_url"), "must name at least one URL"));
+    }
+    for u in &urls {
+        match url::Url::parse(u) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(_) => return Err(invalid(key("clickhouse_url"), "must be an http(s) URL")),
+            Err(e) => return Err(invalid(key("clickhouse_url"), format!("`{u}`: {e}"))),
+        }
+    }
+    if tier.max_sql_bytes == 0 {
+        return Err(invalid(key("max_sql_bytes"), "must be positive"));
+    }
+    if tier.max_running_per_tenant == Some(0) || tier.max_queued_per_tenant == Some(0) {
+        return Err(invalid(
+            key("max_running_per_tenant"),
+            "max_running_per_tenant and max_queued_per_tenant must be at least 1 when set",
+        ));
+    }
+    for (setting, bounds) in &tier.client_setting_bounds {
+        if !tier.client_settings.contains(setting) {
+            return Err(invalid(
+                key(&format!("client_setting_bounds.{setting}")),
+                "bounds a setting that is not in client_settings",
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (bounds.min, bounds.max)
+            && lo > hi
+        {
+            return Err(invalid(
+                key(&format!("client_setting_bounds.{setting}")),
+                "min is larger than max",
+            ));
+        }
     }
     if tier.concurrency == 0 {
         return Err(invalid(key("concurrency"), "must be at least 1"));

@@ -239,6 +239,7 @@ pub fn query_hash(
     tier: &str,
     format: Format,
     settings: &BTreeMap<String, String>,
+    parameters: &BTreeMap<String, String>,
 ) -> String {
     let mut h = Sha256::new();
     // Length-prefix every field so no two different submissions serialize alike.
@@ -253,6 +254,15 @@ pub fn query_hash(
     for (k, v) in settings {
         field(k.as_bytes());
         field(v.as_bytes());
+    }
+    // Parameters change the result, so they are part of the identity. Only the same
+    // tenant (who sent them) and admins ever see this hash.
+    if !parameters.is_empty() {
+        field(b"parameters");
+        for (k, v) in parameters {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
     }
     hex::encode(h.finalize())
 }
@@ -340,6 +350,22 @@ pub struct Execution {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub superseded_by: Option<Uuid>,
     pub attempts: sqlx::types::Json<Vec<AttemptRecord>>,
+    /// Query parameters; erased (NULL) once the execution finishes.
+    pub parameters: Option<sqlx::types::Json<Secrets>>,
+    pub quota_key: Option<String>,
+    pub max_running: Option<i32>,
+}
+
+/// Query parameter values: secrets. Their `Debug` shows names only, so no log line or
+/// panic message can carry a value.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl Execution {
@@ -390,13 +416,26 @@ mod tests {
     #[test]
     fn hash_depends_on_everything_that_changes_the_result() {
         let s = BTreeMap::new();
-        let base = query_hash("SELECT 1", "default", Format::JSON, &s);
-        assert_eq!(base, query_hash("SELECT 1", "default", Format::JSON, &s));
-        assert_ne!(base, query_hash("SELECT 2", "default", Format::JSON, &s));
-        assert_ne!(base, query_hash("SELECT 1", "vip", Format::JSON, &s));
-        assert_ne!(base, query_hash("SELECT 1", "default", Format::CSV, &s));
+        let base = query_hash("SELECT 1", "default", Format::JSON, &s, &s);
+        assert_eq!(
+            base,
+            query_hash("SELECT 1", "default", Format::JSON, &s, &s)
+        );
+        assert_ne!(
+            base,
+            query_hash("SELECT 2", "default", Format::JSON, &s, &s)
+        );
+        assert_ne!(base, query_hash("SELECT 1", "vip", Format::JSON, &s, &s));
+        assert_ne!(base, query_hash("SELECT 1", "default", Format::CSV, &s, &s));
         let mut s2 = BTreeMap::new();
         s2.insert("max_threads".to_string(), "1".to_string());
-        assert_ne!(base, query_hash("SELECT 1", "default", Format::JSON, &s2));
+        assert_ne!(
+            base,
+            query_hash("SELECT 1", "default", Format::JSON, &s2, &s)
+        );
+        assert_ne!(
+            base,
+            query_hash("SELECT 1", "default", Format::JSON, &s, &s2)
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! processes `sluice` runs; [`bench`] measures them.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod bookkeeper;
 pub mod clickhouse;

@@ -43,6 +43,39 @@ enum Command {
     Standalone,
     /// Print the OpenAPI document (YAML) and exit.
     Openapi,
+    /// Print a new API key and the `[[auth.api_keys]]` entry to paste into the
+    /// configuration (which stores only the key's sha256).
+    Keygen {
+        /// The principal's name.
+        #[arg(long)]
+        name: String,
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Tiers it may use (comma-separated); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        tiers: Option<Vec<String>>,
+        /// Sees every tenant's executions.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Print an HS256 JWT signed with the configured `auth.jwt.secret`.
+    Token {
+        /// `sub`: the principal's name.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: String,
+        /// Allowed tiers (comma-separated); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        tiers: Option<Vec<String>>,
+        /// Default tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
     /// Measure pickup latency, throughput, streaming overhead and worker memory.
     Bench {
         /// Executions timed one by one for pickup latency.
@@ -63,6 +96,29 @@ enum Command {
     },
 }
 
+/// A new key, and the configuration entry that admits it.
+fn keygen(name: &str, tenant: &str, tiers: Option<&[String]>, admin: bool) -> String {
+    let key = sluice::auth::generate_key();
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut entry = format!(
+        "[[auth.api_keys]]\nname = {}\ntenant = {}\nsha256 = \"{}\"\n",
+        quote(name),
+        quote(tenant),
+        sluice::auth::hash_key(&key)
+    );
+    if let Some(tiers) = tiers {
+        let list: Vec<String> = tiers.iter().map(|t| quote(t)).collect();
+        entry.push_str(&format!("tiers = [{}]\n", list.join(", ")));
+    }
+    if admin {
+        entry.push_str("admin = true\n");
+    }
+    format!(
+        "API key (shown once; clients send `Authorization: Bearer <key>`):\n{key}\n\n\
+         Add to the configuration:\n{entry}"
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     tune_allocator();
     let cli = Cli::parse();
@@ -71,12 +127,55 @@ fn main() -> anyhow::Result<()> {
         print!("{}", sluice::api::openapi_yaml());
         return Ok(());
     }
+    if let Command::Keygen {
+        name,
+        tenant,
+        tiers,
+        admin,
+    } = &cli.command
+    {
+        print!("{}", keygen(name, tenant, tiers.as_deref(), *admin));
+        return Ok(());
+    }
     let path = cli.config.or_else(|| {
         let default = PathBuf::from("sluice.toml");
         default.exists().then_some(default)
     });
     let config = Config::load(path.as_deref()).context("configuration")?;
     let config_path = path.clone();
+    if let Command::Token {
+        name,
+        tenant,
+        tiers,
+        tier,
+        ttl,
+    } = &cli.command
+    {
+        let jwt = config
+            .auth
+            .jwt
+            .as_ref()
+            .context("`sluice token` needs [auth.jwt] secret in the configuration")?;
+        let mut claims = serde_json::json!({
+            "sub": name,
+            "tenant": tenant,
+            "exp": sluice::auth::unix_now() + ttl,
+        });
+        if let Some(t) = tiers {
+            claims["tiers"] = serde_json::json!(t);
+        }
+        if let Some(t) = tier {
+            claims["tier"] = serde_json::json!(t);
+        }
+        if let Some(iss) = &jwt.issuer {
+            claims["iss"] = serde_json::json!(iss);
+        }
+        if let Some(aud) = &jwt.audience {
+            claims["aud"] = serde_json::json!(aud);
+        }
+        println!("{}", sluice::auth::sign_jwt(&claims, &jwt.secret));
+        return Ok(());
+    }
 
     sluice::metrics::handle(); // record from the start, whatever the role
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -104,7 +203,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 sluice::bench::run(&config, config_path.as_deref(), opts).await?
             }
-            Command::Openapi => {}
+            Command::Openapi | Command::Keygen { .. } | Command::Token { .. } => {}
         }
         Ok(())
     })

@@ -21,7 +21,9 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
+use object_store::signer::{Method, Signer};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use uuid::Uuid;
 
@@ -41,6 +43,9 @@ pub enum ResultsError {
 #[derive(Clone, Debug)]
 pub struct ResultStore {
     store: Arc<dyn ObjectStore>,
+    /// Presigns download URLs (S3); `None` for a local directory, whose links the API
+    /// signs itself.
+    signer: Option<Arc<dyn Signer>>,
     prefix: Path,
     part_bytes: usize,
     upload_concurrency: usize,
@@ -53,6 +58,7 @@ impl ResultStore {
             url: config.url.clone(),
             message,
         };
+        let mut signer: Option<Arc<dyn Signer>> = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = if url.scheme() == "file" {
             // Our own: object_store's parse_url does not create the directory.
             let dir = url
@@ -63,6 +69,20 @@ impl ResultStore {
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| bad(e.to_string()))?;
             (Arc::new(fs), Path::default())
+        } else if url.scheme() == "s3" {
+            // Built here rather than by parse_url_opts so the same client can presign.
+            let mut builder = AmazonS3Builder::new().with_url(url.to_string());
+            for (key, value) in &config.options {
+                let key: AmazonS3ConfigKey = key
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|e: object_store::Error| bad(e.to_string()))?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
+            signer = Some(s3.clone());
+            let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+            (s3, prefix)
         } else {
             let options: BTreeMap<String, String> = config.options.clone();
             let (store, prefix) =
@@ -71,6 +91,7 @@ impl ResultStore {
         };
         Ok(ResultStore {
             store,
+            signer,
             prefix,
             part_bytes: config.part_bytes,
             upload_concurrency: config.upload_concurrency,
@@ -135,6 +156,23 @@ impl ResultStore {
             .into_stream()
             .map(|r| r.map_err(ResultsError::from))
             .boxed())
+    }
+
+    /// A URL that downloads `key` without credentials for `expires_in`, when the backend
+    /// can presign (S3); `None` for a local directory.
+    pub async fn presigned_url(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<url::Url>, ResultsError> {
+        match &self.signer {
+            Some(signer) => Ok(Some(
+                signer
+                    .signed_url(Method::GET, &self.path(key), expires_in)
+                    .await?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Deletes an object; deleting a missing one is not an error.

@@ -64,11 +64,7 @@ async fn serve_api(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| RoleError::Listen { addr, source })?;
-    let ctx = ApiContext {
-        config: Arc::new(config),
-        store,
-        results,
-    };
+    let ctx = ApiContext::new(Arc::new(config), store, results);
     api::serve(listener, ctx, shutdown)
         .await
         .map_err(RoleError::Serve)

@@ -15,6 +15,15 @@ pub enum ApiError {
     /// The request is wrong; `code` says how (`empty_sql`, `unknown_tier`, ...).
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// No valid credential.
+    #[error("{0}")]
+    Unauthorized(#[from] crate::auth::AuthError),
+    /// Authenticated, but not allowed (a tier outside the principal's, a bad link).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// A cap is reached; retry after `retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("{0}")]
     NotFound(String),
     /// The request is valid but the execution's state forbids it.
@@ -24,6 +33,8 @@ pub enum ApiError {
     Gone(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the SQL is larger than tier `{tier}` accepts ({limit} bytes)")]
+    SqlTooLarge { limit: usize, tier: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("range not satisfiable: the result has {0} bytes")]
@@ -45,10 +56,14 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.code()),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Gone(_) => (StatusCode::GONE, "result_expired"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::SqlTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "sql_too_large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -91,10 +106,20 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::RangeNotSatisfiable(size) = self
-            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
-        {
-            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        let headers = response.headers_mut();
+        match self {
+            ApiError::RangeNotSatisfiable(size) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            _ => {}
         }
         response
     }

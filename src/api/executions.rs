@@ -10,12 +10,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use uuid::Uuid;
 
+use super::ApiContext;
+use super::auth::check_tier;
 use super::error::{ApiError, ErrorBody};
 use super::model::{
     ExecutionPage, ExecutionView, ListParams, SubmitOutcome, SubmitParams, SubmitRequest,
     SubmitResponse,
 };
-use super::{ApiContext, CREATED_BY, TENANT};
+use crate::auth::Principal;
 use crate::config::valid_setting_name;
 use crate::execution::{Format, Status, query_hash};
 use crate::store::queue::CancelOutcome;
@@ -45,13 +47,18 @@ const MAX_QUERY_ID_LEN: usize = 256;
         (status = 201, description = "Created and queued", body = SubmitResponse),
         (status = 200, description = "Collapsed into an identical in-flight execution", body = SubmitResponse),
         (status = 400, description = "Invalid submission", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Tier not allowed for this principal", body = ErrorBody),
+        (status = 413, description = "Body or SQL over the size limit", body = ErrorBody),
         (status = 415, description = "Neither JSON nor text/plain", body = ErrorBody),
+        (status = 429, description = "The tenant's queue on this tier is full; see Retry-After", body = ErrorBody),
         (status = 503, description = "Queue database unavailable", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn submit(
     State(ctx): State<ApiContext>,
+    principal: Principal,
     params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -66,8 +73,18 @@ pub async fn submit(
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let request = parse_submission(&headers, &body, params)?;
-    let new = validate(&ctx, request)?;
+    let new = validate(&ctx, &principal, request)?;
     let (status, outcome, superseded, execution) = match ctx.store.submit(&new).await? {
+        Submitted::QueueFull { cap } => {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "tenant `{}` already has {cap} executions waiting on tier `{}`; \
+                     retry when some have started",
+                    new.tenant, new.tier
+                ),
+                retry_after: ctx.config.api.retry_after.as_secs().max(1),
+            });
+        }
         Submitted::Created(e) => (StatusCode::CREATED, SubmitOutcome::Created, None, e),
         Submitted::Collapsed(e) => (StatusCode::OK, SubmitOutcome::Collapsed, None, e),
         Submitted::Superseded {
@@ -83,6 +100,8 @@ pub async fn submit(
     tracing::info!(
         execution_id = %execution.id,
         tier = %execution.tier,
+        tenant = %execution.tenant,
+        principal = %principal.name,
         outcome = ?outcome,
         "submitted"
     );
@@ -119,6 +138,7 @@ fn parse_submission(
                 format: params.format,
                 settings: None,
                 priority: params.priority,
+                parameters: None,
             })
         }
         "application/json" | "" => {
@@ -150,28 +170,43 @@ fn parse_submission(
 }
 
 /// Everything a submission must satisfy before it is queued.
-fn validate(ctx: &ApiContext, r: SubmitRequest) -> Result<NewExecution, ApiError> {
+fn validate(
+    ctx: &ApiContext,
+    principal: &Principal,
+    r: SubmitRequest,
+) -> Result<NewExecution, ApiError> {
     if r.sql.trim().is_empty() {
         return Err(ApiError::bad_request(
             "empty_sql",
             "`sql` must not be empty",
         ));
     }
-    let tier_name = r.tier.unwrap_or_else(|| ctx.config.default_tier.clone());
+    let tier_name = r
+        .tier
+        .or_else(|| principal.default_tier.clone())
+        .unwrap_or_else(|| ctx.config.default_tier.clone());
     let Some(tier) = ctx.config.tier(&tier_name) else {
         return Err(ApiError::bad_request(
             "unknown_tier",
             format!(
-                "unknown tier `{tier_name}`; configured tiers: {}",
+                "unknown tier `{tier_name}`; tiers you may use: {}",
                 ctx.config
                     .tiers
                     .keys()
+                    .filter(|t| principal.may_use(t))
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         ));
     };
+    check_tier(principal, &tier_name)?;
+    if r.sql.len() > tier.max_sql_bytes {
+        return Err(ApiError::SqlTooLarge {
+            limit: tier.max_sql_bytes,
+            tier: tier_name,
+        });
+    }
     let format = match r.format.as_deref() {
         None => DEFAULT_FORMAT,
         Some(f) => Format::parse(f).ok_or_else(|| {
@@ -202,20 +237,56 @@ fn validate(ctx: &ApiContext, r: SubmitRequest) -> Result<NewExecution, ApiError
                 ),
             ));
         }
+        let value = scalar(&value).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_setting",
+                format!("setting `{name}` must be a single-line string, a number or a boolean"),
+            )
+        })?;
+        if let Some(bounds) = tier.client_setting_bounds.get(&name) {
+            let n: Option<f64> = value.parse().ok();
+            let inside = n.is_some_and(|n| {
+                bounds.min.is_none_or(|lo| n >= lo) && bounds.max.is_none_or(|hi| n <= hi)
+            });
+            if !inside {
+                return Err(ApiError::bad_request(
+                    "setting_out_of_bounds",
+                    format!(
+                        "setting `{name}` on tier `{tier_name}` must be a number{}{}",
+                        bounds.min.map(|m| format!(" >= {m}")).unwrap_or_default(),
+                        bounds.max.map(|m| format!(" <= {m}")).unwrap_or_default(),
+                    ),
+                ));
+            }
+        }
+        settings.insert(name, value);
+    }
+    let mut parameters = BTreeMap::new();
+    for (name, value) in r.parameters.unwrap_or_default() {
+        if !valid_setting_name(&name) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("parameter names are identifiers (letters, digits, `_`): `{name}`"),
+            ));
+        }
+        // The value is a secret: the message names the parameter, never the value.
         let value = match value {
-            serde_json::Value::String(s) if !s.contains(['\n', '\r']) => s,
+            serde_json::Value::String(s) => s,
             serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => if b { "1" } else { "0" }.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
             _ => {
                 return Err(ApiError::bad_request(
-                    "invalid_setting",
-                    format!("setting `{name}` must be a single-line string, a number or a boolean"),
+                    "invalid_parameter",
+                    format!(
+                        "parameter `{name}` must be a string, a number or a boolean \
+                         (composite values as ClickHouse literals in a string)"
+                    ),
                 ));
             }
         };
-        settings.insert(name, value);
+        parameters.insert(name, value);
     }
-    let hash = query_hash(&r.sql, &tier_name, format, &settings);
+    let hash = query_hash(&r.sql, &tier_name, format, &settings, &parameters);
     let query_id = match r.query_id {
         None => hash.clone(),
         Some(q) if q.trim().is_empty() || q.len() > MAX_QUERY_ID_LEN => {
@@ -226,9 +297,11 @@ fn validate(ctx: &ApiContext, r: SubmitRequest) -> Result<NewExecution, ApiError
         }
         Some(q) => q,
     };
+    let max_running = principal.max_running.or(tier.max_running_per_tenant);
+    let max_queued = principal.max_queued.or(tier.max_queued_per_tenant);
     Ok(NewExecution {
-        tenant: TENANT.into(),
-        created_by: CREATED_BY.into(),
+        tenant: principal.tenant.clone(),
+        created_by: principal.name.clone(),
         tier: tier_name,
         query_id,
         query_hash: hash,
@@ -237,7 +310,21 @@ fn validate(ctx: &ApiContext, r: SubmitRequest) -> Result<NewExecution, ApiError
         settings,
         priority,
         max_attempts: tier.max_attempts,
+        parameters,
+        quota_key: principal.quota_key.clone(),
+        max_running: max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        max_queued: max_queued.map(i64::from),
     })
+}
+
+/// A setting value as ClickHouse takes it in a URL: single-line text.
+fn scalar(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if !s.contains(['\n', '\r']) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
+        _ => None,
+    }
 }
 
 /// An id that does not parse names no execution: 404, like an unknown one.
@@ -253,23 +340,27 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     params(("id" = String, Path, description = "Execution id")),
     responses(
         (status = 200, body = ExecutionView),
-        (status = 404, description = "No such execution", body = ErrorBody),
-    )
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
 )]
 pub async fn get(
     State(ctx): State<ApiContext>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<ExecutionView>, ApiError> {
     let uuid = parse_id(&id)?;
     let execution = ctx
         .store
-        .get(uuid, Some(TENANT))
+        .get(uuid, principal.scope())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))?;
     Ok(Json(execution.into()))
 }
 
-/// List executions, newest first, with keyset pagination.
+/// List executions, newest first, with keyset pagination: the caller's tenant's, or
+/// every tenant's for an admin.
 #[utoipa::path(
     get,
     path = "/v1/executions",
@@ -278,10 +369,13 @@ pub async fn get(
     responses(
         (status = 200, body = ExecutionPage),
         (status = 400, description = "Invalid filter", body = ErrorBody),
-    )
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = []))
 )]
 pub async fn list(
     State(ctx): State<ApiContext>,
+    principal: Principal,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ExecutionPage>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -314,7 +408,7 @@ pub async fn list(
     let mut rows = ctx
         .store
         .list(&ListFilter {
-            tenant: Some(TENANT.into()),
+            tenant: principal.scope().map(String::from),
             query_id: p.query_id,
             status,
             tier: p.tier,
@@ -347,16 +441,19 @@ pub async fn list(
     responses(
         (status = 200, description = "Canceled", body = ExecutionView),
         (status = 202, description = "Cancel requested; the worker is stopping it", body = ExecutionView),
-        (status = 404, description = "No such execution", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
         (status = 409, description = "Already finished", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn cancel(
     State(ctx): State<ApiContext>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<ExecutionView>), ApiError> {
     let uuid = parse_id(&id)?;
-    match ctx.store.request_cancel(uuid, Some(TENANT)).await? {
+    match ctx.store.request_cancel(uuid, principal.scope()).await? {
         CancelOutcome::Canceled(e) => Ok((StatusCode::OK, Json(e.into()))),
         CancelOutcome::Requested(e) => Ok((StatusCode::ACCEPTED, Json(e.into()))),
         CancelOutcome::AlreadyFinished(e) if e.status == Status::Canceled => {

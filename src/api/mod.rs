@@ -3,7 +3,12 @@
 //!
 //! Handlers validate input and translate between HTTP and the store; they never run
 //! queries on ClickHouse and never hold a result in memory (downloads stream).
+//!
+//! Every `/v1` handler that acts for someone takes a [`Principal`] (see [`auth`]) and
+//! scopes each store call with [`Principal::scope`]: another tenant's execution is a 404,
+//! exactly like a missing one.
 
+pub mod auth;
 pub mod error;
 pub mod executions;
 pub mod model;
@@ -21,15 +26,12 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::Config;
+use crate::auth::{Authenticator, LinkSigner, Principal};
+use crate::config::{Bounds, Config};
 use crate::results::ResultStore;
 use crate::store::Store;
-use model::{HealthView, ReadyView};
-
-/// Identity of the caller. Until authentication exists every request acts for the
-/// `default` tenant.
-pub(crate) const TENANT: &str = "default";
-pub(crate) const CREATED_BY: &str = "anonymous";
+use error::{ApiError, ErrorBody};
+use model::{HealthView, ReadyView, TierList, TierView};
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -37,6 +39,45 @@ pub struct ApiContext {
     pub config: Arc<Config>,
     pub store: Store,
     pub results: ResultStore,
+    pub auth: Arc<Authenticator>,
+    pub links: LinkSigner,
+}
+
+impl ApiContext {
+    pub fn new(config: Arc<Config>, store: Store, results: ResultStore) -> ApiContext {
+        if config.results.link_secret.is_none() {
+            tracing::warn!(
+                "results.link_secret is not set: result links of a local store are signed \
+                 with a key private to this process"
+            );
+        }
+        ApiContext {
+            auth: Arc::new(Authenticator::new(&config.auth)),
+            links: LinkSigner::new(config.results.link_secret.as_deref()),
+            config,
+            store,
+            results,
+        }
+    }
+}
+
+/// Declares the bearer scheme the `/v1` operations name in `security`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`sk_...`) or an HS256 JWT"))
+                    .build(),
+            ),
+        );
+    }
 }
 
 #[derive(OpenApi)]
@@ -53,14 +94,19 @@ pub struct ApiContext {
         executions::get,
         executions::cancel,
         results::download,
+        results::result_url,
+        results::signed_download,
+        tiers,
         health,
         ready,
         metrics,
     ),
     tags(
         (name = "executions", description = "Submit, inspect, cancel and download"),
+        (name = "tiers", description = "Where executions run, and the limits there"),
         (name = "operations", description = "Liveness and readiness"),
-    )
+    ),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
@@ -81,6 +127,9 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/executions/{id}", get(executions::get))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/v1/executions/{id}/result", get(results::download))
+        .route("/v1/executions/{id}/result-url", post(results::result_url))
+        .route("/v1/results/{id}", get(results::signed_download))
+        .route("/v1/tiers", get(tiers))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -91,8 +140,50 @@ pub fn router(ctx: ApiContext) -> Router {
         .with_state(ctx)
 }
 
-async fn not_found() -> error::ApiError {
-    error::ApiError::NotFound("no such route".into())
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// The tiers the caller may use, with the limits that apply to it there.
+#[utoipa::path(get, path = "/v1/tiers", tag = "tiers",
+    responses(
+        (status = 200, body = TierList),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn tiers(State(ctx): State<ApiContext>, principal: Principal) -> Json<TierList> {
+    let default = principal
+        .default_tier
+        .clone()
+        .unwrap_or_else(|| ctx.config.default_tier.clone());
+    let tiers = ctx
+        .config
+        .tiers
+        .iter()
+        .filter(|(name, _)| principal.may_use(name))
+        .map(|(name, t)| TierView {
+            name: name.clone(),
+            default: *name == default,
+            max_sql_bytes: t.max_sql_bytes,
+            max_attempts: t.max_attempts,
+            max_running: principal.max_running.or(t.max_running_per_tenant),
+            max_queued: principal.max_queued.or(t.max_queued_per_tenant),
+            client_settings: t
+                .client_settings
+                .iter()
+                .map(|s| {
+                    let b = t
+                        .client_setting_bounds
+                        .get(s)
+                        .cloned()
+                        .unwrap_or(Bounds::default());
+                    (s.clone(), b)
+                })
+                .collect(),
+            result_retention_seconds: t.retention.succeeded.as_secs(),
+        })
+        .collect();
+    Json(TierList { tiers })
 }
 
 /// Liveness: the process answers.
@@ -135,11 +226,11 @@ pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-        (status = 503, description = "Postgres unavailable", body = error::ErrorBody),
+        (status = 503, description = "Postgres unavailable", body = ErrorBody),
     ))]
 pub async fn metrics(
     State(ctx): State<ApiContext>,
-) -> Result<([(axum::http::HeaderName, &'static str); 1], String), error::ApiError> {
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
     let text = crate::metrics::render(&ctx.store, ctx.config.tiers.keys()).await?;
     Ok((
         [(

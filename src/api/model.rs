@@ -33,9 +33,17 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub settings: Option<BTreeMap<String, serde_json::Value>>,
-    /// 0 (default) to 9; higher runs first within a tier.
+    /// 0 (default) to 9; higher runs first among the tenant's executions on a tier.
     #[serde(default)]
     pub priority: Option<i16>,
+    /// Values of the query's `{name:Type}` placeholders, sent to ClickHouse as
+    /// `param_<name>` (typed and escaped by the server, never spliced into the SQL).
+    /// Treated as secrets: never returned, never logged, erased when the execution
+    /// ends. Strings, numbers and booleans; composite types in ClickHouse literal
+    /// syntax, e.g. `"[1, 2]"`. Needs ClickHouse 19 or later.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Query string of `POST /v1/executions` when the body is `text/plain` SQL.
@@ -82,6 +90,9 @@ pub struct ResultView {
 pub struct ExecutionView {
     pub id: Uuid,
     pub status: Status,
+    pub tenant: String,
+    /// The principal that submitted it.
+    pub created_by: String,
     pub tier: String,
     pub query_id: String,
     pub sql: String,
@@ -122,6 +133,8 @@ impl From<Execution> for ExecutionView {
         ExecutionView {
             id: e.id,
             status: e.status,
+            tenant: e.tenant,
+            created_by: e.created_by,
             tier: e.tier,
             query_id: e.query_id,
             sql: e.sql,
@@ -182,4 +195,52 @@ pub struct ReadyView {
     pub postgres: String,
     /// Name of the bookkeeper that currently leads, if one does.
     pub bookkeeper_leader: Option<String>,
+}
+
+/// A tier a principal may use, with its limits.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TierView {
+    pub name: String,
+    /// Whether submissions naming no tier go here (for this principal).
+    pub default: bool,
+    pub max_sql_bytes: usize,
+    pub max_attempts: i32,
+    /// The principal's tenant's running cap on this tier; absent when uncapped.
+    pub max_running: Option<u32>,
+    /// The principal's tenant's cap on PENDING executions; absent when uncapped.
+    pub max_queued: Option<u32>,
+    /// Settings a submission may set, with their numeric bounds when bounded.
+    pub client_settings: BTreeMap<String, crate::config::Bounds>,
+    /// Seconds a result is kept after the execution SUCCEEDED.
+    pub result_retention_seconds: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TierList {
+    pub tiers: Vec<TierView>,
+}
+
+/// Body of `POST /v1/executions/{id}/result-url` (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultUrlRequest {
+    /// Validity in seconds; `results.link_ttl` when absent, at most `results.link_max_ttl`.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResultUrlView {
+    /// Downloads the result without credentials until `expires_at`.
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Query string of a signed local result link.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignedLinkParams {
+    /// Unix time the link stops working.
+    pub expires: i64,
+    pub signature: String,
 }

@@ -1,18 +1,25 @@
-//! `GET /v1/executions/{id}/result`: streams the stored object with its format's
+//! Results: `GET /v1/executions/{id}/result` streams the stored object with its format's
 //! Content-Type, honouring a single `Range` (a multi-range request gets the whole object,
-//! as RFC 9110 allows).
+//! as RFC 9110 allows). `POST /v1/executions/{id}/result-url` makes a link that needs no
+//! credentials: a presigned URL of the object store (S3), or for a local directory an
+//! HMAC-signed `GET /v1/results/{id}?expires=..&signature=..` served here. A signed link
+//! is checked before anything about the execution is revealed: a forged one gets 403
+//! whether or not the execution exists.
 
 use std::ops::Range;
 
+use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use super::ApiContext;
 use super::error::{ApiError, ErrorBody};
 use super::executions::parse_id;
-use super::{ApiContext, TENANT};
-use crate::execution::Status;
+use super::model::{ResultUrlRequest, ResultUrlView, SignedLinkParams};
+use crate::auth::{LinkError, Principal, unix_now};
+use crate::execution::{Execution, ResultMeta, Status};
 
 /// Download the result of a SUCCEEDED execution.
 #[utoipa::path(
@@ -26,46 +33,194 @@ use crate::execution::Status;
     responses(
         (status = 200, description = "The result, in the execution's format"),
         (status = 206, description = "The requested range"),
-        (status = 404, description = "No such execution", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
         (status = 409, description = "Not SUCCEEDED (yet)", body = ErrorBody),
         (status = 410, description = "Expired", body = ErrorBody),
         (status = 416, description = "Range outside the result", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn download(
     State(ctx): State<ApiContext>,
+    principal: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let uuid = parse_id(&id)?;
-    let execution = ctx
-        .store
-        .get(uuid, Some(TENANT))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))?;
-    let meta = match (execution.status, execution.result) {
-        (Status::Succeeded, Some(meta)) => meta.0,
-        (Status::Expired, _) => {
-            return Err(ApiError::Gone(format!(
-                "the result of execution {id} has expired and was deleted"
-            )));
-        }
-        (status @ (Status::Pending | Status::Running), _) => {
-            return Err(ApiError::Conflict {
-                code: "result_not_ready",
-                message: format!(
-                    "execution {id} is {status}: its result is available once it has SUCCEEDED"
+    let execution = visible(&ctx, &principal, &id).await?;
+    let meta = stored_result(execution)?;
+    serve(&ctx, meta, &headers).await
+}
+
+/// A link to the result that works without credentials until it expires.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/{id}/result-url",
+    tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    request_body(content = Option<ResultUrlRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, body = ResultUrlView),
+        (status = 400, description = "Expiry out of range", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "Not SUCCEEDED (yet)", body = ErrorBody),
+        (status = 410, description = "Expired", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn result_url(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ResultUrlView>, ApiError> {
+    let request: ResultUrlRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ResultUrlRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("malformed JSON body: {e}"))
+        })?
+    };
+    let links = &ctx.config.results;
+    let ttl = match request.expires_in {
+        None => links.link_ttl,
+        Some(s) if s >= 1 && s <= links.link_max_ttl.as_secs() => std::time::Duration::from_secs(s),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_expiry",
+                format!(
+                    "expires_in must be between 1 and {} seconds",
+                    links.link_max_ttl.as_secs()
                 ),
-            });
-        }
-        (status, _) => {
-            return Err(ApiError::Conflict {
-                code: "no_result",
-                message: format!("execution {id} is {status}: it has no result"),
-            });
+            ));
         }
     };
+    let execution = visible(&ctx, &principal, &id).await?;
+    let exec_id = execution.id;
+    let meta = stored_result(execution)?;
+    let expires = unix_now() + ttl.as_secs() as i64;
+    let url = match ctx.results.presigned_url(&meta.object_key, ttl).await? {
+        Some(url) => url.to_string(),
+        None => {
+            let signature = ctx
+                .links
+                .sign(&exec_id.to_string(), &meta.object_key, expires);
+            format!(
+                "{}/v1/results/{exec_id}?expires={expires}&signature={signature}",
+                public_base(&ctx, &headers)
+            )
+        }
+    };
+    tracing::info!(execution_id = %exec_id, principal = %principal.name, ttl = ?ttl, "result link issued");
+    Ok(Json(ResultUrlView {
+        url,
+        expires_at: chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default(),
+    }))
+}
 
+/// Download through a signed link of `POST /v1/executions/{id}/result-url`; the
+/// signature is the credential.
+#[utoipa::path(
+    get,
+    path = "/v1/results/{id}",
+    tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), SignedLinkParams),
+    responses(
+        (status = 200, description = "The result, in the execution's format"),
+        (status = 206, description = "The requested range"),
+        (status = 403, description = "Forged, tampered or expired link", body = ErrorBody),
+        (status = 410, description = "The result expired", body = ErrorBody),
+    )
+)]
+pub async fn signed_download(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+    params: Result<Query<SignedLinkParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let forged = || ApiError::Forbidden {
+        code: "invalid_link",
+        message: "this result link is not valid".into(),
+    };
+    let Query(params) = params.map_err(|_| forged())?;
+    let uuid = uuid::Uuid::parse_str(&id).map_err(|_| forged())?;
+    let execution = ctx.store.get(uuid, None).await?.ok_or_else(forged)?;
+    let object_key = execution
+        .result
+        .as_ref()
+        .map(|r| r.0.object_key.clone())
+        .ok_or_else(forged)?;
+    match ctx.links.verify(
+        &execution.id.to_string(),
+        &object_key,
+        params.expires,
+        &params.signature,
+        unix_now(),
+    ) {
+        Ok(()) => {}
+        Err(LinkError::Forged) => return Err(forged()),
+        Err(LinkError::Expired) => {
+            return Err(ApiError::Forbidden {
+                code: "link_expired",
+                message: "this result link has expired; ask for a new one".into(),
+            });
+        }
+    }
+    let meta = stored_result(execution)?;
+    serve(&ctx, meta, &headers).await
+}
+
+/// The execution if the principal may see it; 404 otherwise (ids do not leak).
+async fn visible(ctx: &ApiContext, principal: &Principal, id: &str) -> Result<Execution, ApiError> {
+    let uuid = parse_id(id)?;
+    ctx.store
+        .get(uuid, principal.scope())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))
+}
+
+/// Where clients reach this API: `api.public_url`, else the request's Host over http.
+fn public_base(ctx: &ApiContext, headers: &HeaderMap) -> String {
+    if let Some(u) = &ctx.config.api.public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(String::from)
+        .unwrap_or_else(|| ctx.config.api.listen.to_string());
+    format!("http://{host}")
+}
+
+/// The stored result of an execution, or why there is none.
+fn stored_result(execution: Execution) -> Result<ResultMeta, ApiError> {
+    let id = execution.id;
+    match (execution.status, execution.result) {
+        (Status::Succeeded, Some(meta)) => Ok(meta.0),
+        (Status::Expired, _) => Err(ApiError::Gone(format!(
+            "the result of execution {id} has expired and was deleted"
+        ))),
+        (status @ (Status::Pending | Status::Running), _) => Err(ApiError::Conflict {
+            code: "result_not_ready",
+            message: format!(
+                "execution {id} is {status}: its result is available once it has SUCCEEDED"
+            ),
+        }),
+        (status, _) => Err(ApiError::Conflict {
+            code: "no_result",
+            message: format!("execution {id} is {status}: it has no result"),
+        }),
+    }
+}
+
+/// Streams `meta`'s object, honouring a single Range.
+async fn serve(
+    ctx: &ApiContext,
+    meta: ResultMeta,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let size = meta.bytes;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
@@ -81,8 +236,11 @@ pub async fn download(
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, header_value(&meta.content_type));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let name = crate::results::ResultStore::execution_of(&meta.object_key)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|| "result".into());
     let filename = format!(
-        "attachment; filename=\"{uuid}.{}\"",
+        "attachment; filename=\"{name}.{}\"",
         meta.format.extension()
     );
     h.insert(header::CONTENT_DISPOSITION, header_value(&filename));

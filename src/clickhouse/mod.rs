@@ -11,13 +11,26 @@
 //!   crate with typed rows, `?` binding for the query_id, and validation off so they work
 //!   on 18.16.
 //!
-//! The server version is read once per endpoint and decides what the endpoint can do
+//! A tier may list several URLs (replicas). Work goes to the last one that answered;
+//! when a connection cannot be made, the next is tried. Only a failure to connect moves
+//! on: a query that may have started is never sent twice by this module (the worker's
+//! retry, under a new query_id, decides that). KILL goes to every URL, since a retried
+//! attempt may have run anywhere.
+//!
+//! Query parameters are sent as `param_<name>`. Their values are secrets: they are never
+//! logged, and any echo of a value in a server message is masked before the message
+//! leaves this module (see [`Query::redact`]).
+//!
+//! The server version is read once per URL and decides what the endpoint can do
 //! (see [`ServerVersion`]). This module never touches Postgres or the object store.
 
 pub mod exception;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -53,7 +66,10 @@ pub enum EngineError {
     /// ClickHouse answered with an exception.
     #[error("{}", .0.message)]
     Server(ServerException),
-    /// ClickHouse could not be reached or the connection broke.
+    /// No connection could be made: the query was not sent, another URL may be tried.
+    #[error("cannot reach ClickHouse: {0}")]
+    Connect(String),
+    /// The connection broke or timed out: the query may have started.
     #[error("cannot reach ClickHouse: {0}")]
     Transport(String),
     /// The server cannot do what was asked (e.g. a format newer than it).
@@ -82,7 +98,7 @@ impl EngineError {
     /// the query's own limits are final.
     pub fn is_transient(&self) -> bool {
         match self {
-            EngineError::Transport(_) => true,
+            EngineError::Transport(_) | EngineError::Connect(_) => true,
             EngineError::Server(x) => match x.code {
                 Some(code) if TRANSIENT_CODES.contains(&code) => true,
                 // "Memory limit (total) exceeded" is the server's; "(for query)" and
@@ -101,14 +117,26 @@ impl EngineError {
                 code: exception::parse_code(&text),
                 message: text,
             }),
-            E::Network(e) => EngineError::Transport(e.to_string()),
+            // Control queries are idempotent: any network failure may move to the next URL.
+            E::Network(e) => EngineError::Connect(e.to_string()),
             E::TimedOut => EngineError::Transport("timed out".into()),
             other => EngineError::Protocol(other.to_string()),
         }
     }
 
+    /// The URL is left out of the message: it carries the query parameters.
     fn from_http(e: reqwest::Error) -> EngineError {
-        EngineError::Transport(error_chain(&e))
+        let e = e.without_url();
+        if e.is_connect() {
+            EngineError::Connect(error_chain(&e))
+        } else {
+            EngineError::Transport(error_chain(&e))
+        }
+    }
+
+    /// Whether another URL of the tier may be tried.
+    fn is_connect(&self) -> bool {
+        matches!(self, EngineError::Connect(_))
     }
 }
 
@@ -144,6 +172,19 @@ impl ServerVersion {
     }
 
     /// Whether this server can write `format`; an error that says why not.
+    /// Query parameters (`{name:Type}` with `param_<name>`) came with 19.x; 18.x takes
+    /// `param_x` for an unknown setting.
+    pub fn check_parameters(self) -> Result<(), EngineError> {
+        if self.major >= 19 {
+            Ok(())
+        } else {
+            Err(EngineError::Unsupported(format!(
+                "query parameters are not supported by this server (ClickHouse {self}); \
+                 submit without `parameters` or use a tier on a newer server"
+            )))
+        }
+    }
+
     pub fn check_format(self, format: Format) -> Result<(), EngineError> {
         let (major, minor) = format.min_server_version();
         if self.at_least((major, minor)) {
@@ -172,24 +213,64 @@ pub struct ProcessStats {
     pub memory_usage: i64,
 }
 
-/// One tier's ClickHouse server.
+/// What to run: the SQL and everything that travels with it.
+#[derive(Clone, Copy)]
+pub struct Query<'a> {
+    pub sql: &'a str,
+    pub format: Format,
+    /// The client's settings (already validated against the tier).
+    pub settings: &'a BTreeMap<String, String>,
+    /// Query parameter values by name (secrets).
+    pub parameters: &'a BTreeMap<String, String>,
+    pub quota_key: Option<&'a str>,
+}
+
+impl Query<'_> {
+    /// `message` with every parameter value of 4 or more characters masked: servers
+    /// quote the offending value in errors such as "Value ... cannot be parsed".
+    /// Shorter values are left alone, or a message about `Code: 42` would lose its digits.
+    pub fn redact(&self, message: &str) -> String {
+        let mut out = message.to_string();
+        let mut values: Vec<&String> = self.parameters.values().filter(|v| v.len() >= 4).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for v in values {
+            out = out.replace(v.as_str(), "[redacted]");
+            let escaped = escape_parameter(v);
+            if escaped != *v {
+                out = out.replace(&escaped, "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+/// One URL of a tier.
+struct Node {
+    url: String,
+    control: clickhouse::Client,
+    version: OnceCell<ServerVersion>,
+}
+
+/// One tier's ClickHouse: one or several URLs.
 #[derive(Clone)]
 pub struct Endpoint {
-    url: String,
+    nodes: Arc<Vec<Node>>,
+    /// Index of the URL that last answered; work starts there.
+    preferred: Arc<AtomicUsize>,
     user: String,
     password: String,
     database: Option<String>,
     /// The tier's settings as URL parameters, `readonly` last: ClickHouse applies URL
     /// settings in order, and after `readonly=1` it refuses to change any other.
     settings: Vec<(String, String)>,
+    send_quota_key: bool,
     http: reqwest::Client,
-    control: clickhouse::Client,
-    version: std::sync::Arc<OnceCell<ServerVersion>>,
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint").field("url", &self.url).finish()
+        let urls: Vec<&str> = self.nodes.iter().map(|n| n.url.as_str()).collect();
+        f.debug_struct("Endpoint").field("urls", &urls).finish()
     }
 }
 
@@ -216,52 +297,101 @@ impl Endpoint {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| EngineError::Protocol(e.to_string()))?;
-        let mut control = clickhouse::Client::default()
-            .with_url(&tier.clickhouse_url)
-            .with_user(&tier.user)
-            .with_password(&tier.password)
-            .with_compression(clickhouse::Compression::None)
-            .with_validation(false);
-        if let Some(db) = &tier.database {
-            control = control.with_database(db);
-        }
+        let nodes = tier
+            .clickhouse_url
+            .list()
+            .into_iter()
+            .map(|url| {
+                let mut control = clickhouse::Client::default()
+                    .with_url(&url)
+                    .with_user(&tier.user)
+                    .with_password(&tier.password)
+                    .with_compression(clickhouse::Compression::None)
+                    .with_validation(false);
+                if let Some(db) = &tier.database {
+                    control = control.with_database(db);
+                }
+                Node {
+                    url,
+                    control,
+                    version: OnceCell::new(),
+                }
+            })
+            .collect();
         Ok(Endpoint {
-            url: tier.clickhouse_url.clone(),
+            nodes: Arc::new(nodes),
+            preferred: Arc::default(),
             user: tier.user.clone(),
             password: tier.password.clone(),
             database: tier.database.clone(),
             settings,
+            send_quota_key: tier.send_quota_key,
             http,
-            control,
-            version: Default::default(),
         })
     }
 
+    /// The URL work goes to now.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.nodes[self.preferred_index()].url
     }
 
-    /// The server's version, asked once and then remembered.
+    fn preferred_index(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed) % self.nodes.len().max(1)
+    }
+
+    /// Runs `f` on the preferred URL, moving on to the next ones while connections
+    /// cannot be made. Returns the index of the URL that answered.
+    async fn on_any<'s, T, F, Fut>(&'s self, f: F) -> Result<(usize, T), EngineError>
+    where
+        F: Fn(&'s Node) -> Fut,
+        Fut: Future<Output = Result<T, EngineError>>,
+    {
+        let start = self.preferred_index();
+        let n = self.nodes.len();
+        let mut last = EngineError::Connect("no ClickHouse URL configured".into());
+        for i in 0..n {
+            let index = (start + i) % n;
+            match f(&self.nodes[index]).await {
+                Err(e) if e.is_connect() => {
+                    if n > 1 {
+                        tracing::warn!(url = %self.nodes[index].url, error = %e, "ClickHouse URL unreachable; trying the next");
+                    }
+                    last = e;
+                }
+                Ok(v) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((index, v));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// The server's version, asked once per URL and then remembered.
     pub async fn version(&self) -> Result<ServerVersion, EngineError> {
-        self.version
-            .get_or_try_init(|| async {
-                let text: String =
-                    timeout(self.control.query("SELECT version()").fetch_one::<String>()).await?;
-                ServerVersion::parse(&text).ok_or_else(|| {
-                    EngineError::Protocol(format!("cannot parse server version `{text}`"))
-                })
+        let (_, v) = self
+            .on_any(|node| async move {
+                node.version
+                    .get_or_try_init(|| async {
+                        let text: String =
+                            timeout(node.control.query("SELECT version()").fetch_one::<String>())
+                                .await?;
+                        ServerVersion::parse(&text).ok_or_else(|| {
+                            EngineError::Protocol(format!("cannot parse server version `{text}`"))
+                        })
+                    })
+                    .await
+                    .copied()
             })
-            .await
-            .copied()
+            .await?;
+        Ok(v)
     }
 
-    /// Result columns of `sql` without running it. Also rejects SQL ClickHouse cannot
-    /// parse or resolve (unknown table, column, function) before anything is streamed.
-    pub async fn describe(
-        &self,
-        sql: &str,
-        client_settings: &BTreeMap<String, String>,
-    ) -> Result<Vec<Column>, EngineError> {
+    /// Result columns of the query without running it. Also rejects SQL ClickHouse
+    /// cannot parse or resolve (unknown table, column, function) before anything is
+    /// streamed. Sent with the tier's settings so readonly applies.
+    pub async fn describe(&self, query: Query<'_>) -> Result<Vec<Column>, EngineError> {
         #[derive(Deserialize)]
         struct Described {
             name: String,
@@ -269,17 +399,21 @@ impl Endpoint {
             type_: String,
         }
         // DESCRIBE's column set differs between versions; JSONEachRow lets us read
-        // just the two we need. Sent with the tier's settings so readonly applies.
-        let body = format!("DESCRIBE TABLE ({})", strip_trailing_semicolons(sql));
-        let response = self
-            .request(&body, None, "JSONEachRow", client_settings)
-            .send()
+        // just the two we need.
+        let body = format!("DESCRIBE TABLE ({})", strip_trailing_semicolons(query.sql));
+        let (_, bytes) = self
+            .on_any(|node| {
+                let request = self.request(node, &body, None, "JSONEachRow", query);
+                async move {
+                    let response = request.send().await.map_err(EngineError::from_http)?;
+                    let response = check_status(response).await?;
+                    response.bytes().await.map_err(EngineError::from_http)
+                }
+            })
             .await
-            .map_err(EngineError::from_http)?;
-        let response = check_status(response).await?;
-        let bytes = response.bytes().await.map_err(EngineError::from_http)?;
+            .map_err(|e| redact_error(e, query))?;
         if let Some(e) = Tail::from_bytes(bytes.clone()).exception(None) {
-            return Err(EngineError::Server(e));
+            return Err(redact_error(EngineError::Server(e), query));
         }
         bytes
             .split(|&b| b == b'\n')
@@ -295,26 +429,24 @@ impl Endpoint {
             .collect()
     }
 
-    /// Starts `sql` and returns the streaming response once ClickHouse has answered
+    /// Starts the query and returns the streaming response once ClickHouse has answered
     /// with 200; an error status becomes [`EngineError::Server`].
     pub async fn stream(
         &self,
-        sql: &str,
+        query: Query<'_>,
         query_id: &str,
-        format: Format,
-        client_settings: &BTreeMap<String, String>,
     ) -> Result<ResultStream, EngineError> {
-        let response = self
-            .request(
-                strip_trailing_semicolons(sql),
-                Some(query_id),
-                format.as_str(),
-                client_settings,
-            )
-            .send()
+        let sql = strip_trailing_semicolons(query.sql);
+        let (node, response) = self
+            .on_any(|node| {
+                let request = self.request(node, sql, Some(query_id), query.format.as_str(), query);
+                async move {
+                    let response = request.send().await.map_err(EngineError::from_http)?;
+                    check_status(response).await
+                }
+            })
             .await
-            .map_err(EngineError::from_http)?;
-        let response = check_status(response).await?;
+            .map_err(|e| redact_error(e, query))?;
         let exception_tag = response
             .headers()
             .get("X-ClickHouse-Exception-Tag")
@@ -323,49 +455,72 @@ impl Endpoint {
         Ok(ResultStream {
             response,
             exception_tag,
+            node,
         })
     }
 
-    /// The URL-encoded request for one query: reserved parameters, then the tier's
-    /// settings with the client's on top, `readonly` last.
+    /// The URL-encoded request for one query: reserved parameters, the tier's settings
+    /// with the client's on top, query parameters, and `readonly` last.
     fn request(
         &self,
+        node: &Node,
         sql: &str,
         query_id: Option<&str>,
         format: &str,
-        client_settings: &BTreeMap<String, String>,
+        query: Query<'_>,
     ) -> reqwest::RequestBuilder {
-        let mut params: Vec<(&str, &str)> = vec![("default_format", format)];
+        let mut params: Vec<(String, String)> = vec![("default_format".into(), format.into())];
         if let Some(id) = query_id {
-            params.push(("query_id", id));
+            params.push(("query_id".into(), id.into()));
         }
         if let Some(db) = &self.database {
-            params.push(("database", db));
+            params.push(("database".into(), db.clone()));
+        }
+        if let Some(q) = query.quota_key.filter(|_| self.send_quota_key) {
+            params.push(("quota_key".into(), q.into()));
         }
         let (readonly, tier): (Vec<_>, Vec<_>) =
             self.settings.iter().partition(|(k, _)| k == "readonly");
         for (k, v) in tier {
-            if !client_settings.contains_key(k) {
-                params.push((k, v));
+            if !query.settings.contains_key(k) {
+                params.push((k.clone(), v.clone()));
             }
         }
-        for (k, v) in client_settings {
-            params.push((k, v));
+        for (k, v) in query.settings {
+            params.push((k.clone(), v.clone()));
+        }
+        let types = parameter_types(query.sql);
+        for (name, value) in query.parameters {
+            let composite = types.get(name.as_str()).is_some_and(|t| is_composite(t));
+            let value = if composite {
+                value.clone()
+            } else {
+                escape_parameter(value)
+            };
+            params.push((format!("param_{name}"), value));
         }
         for (k, v) in readonly {
-            params.push((k, v));
+            params.push((k.clone(), v.clone()));
         }
         self.http
-            .post(&self.url)
+            .post(&node.url)
             .query(&params)
             .basic_auth(&self.user, Some(&self.password))
             .body(sql.to_string())
     }
 
-    /// Statistics of a running query, `None` once it is gone from `system.processes`.
-    pub async fn progress(&self, query_id: &str) -> Result<Option<ProcessStats>, EngineError> {
+    /// Statistics of a running query on URL `node`, `None` once it is gone from
+    /// `system.processes`.
+    pub async fn progress(
+        &self,
+        node: usize,
+        query_id: &str,
+    ) -> Result<Option<ProcessStats>, EngineError> {
+        let Some(node) = self.nodes.get(node) else {
+            return Ok(None);
+        };
         timeout(
-            self.control
+            node.control
                 .query(
                     "SELECT read_rows, read_bytes, total_rows_approx, elapsed, memory_usage \
                      FROM system.processes WHERE query_id = ?",
@@ -376,22 +531,109 @@ impl Endpoint {
         .await
     }
 
-    /// Whether a query with this id is running on the server.
-    pub async fn is_running(&self, query_id: &str) -> Result<bool, EngineError> {
-        Ok(self.progress(query_id).await?.is_some())
-    }
-
-    /// Stops one query and waits until the server has stopped it. Never broader than one
-    /// query_id: other clients' queries share the server.
+    /// Stops one query on every URL of the tier and waits until the servers have
+    /// stopped it. Never broader than one query_id: other clients' queries share the
+    /// servers. Fails only if no URL could be asked.
     pub async fn kill(&self, query_id: &str) -> Result<(), EngineError> {
-        timeout(
-            self.control
-                .query("KILL QUERY WHERE query_id = ? SYNC")
-                .bind(query_id)
-                .execute(),
-        )
-        .await
+        let mut answered = false;
+        let mut last = None;
+        for node in self.nodes.iter() {
+            let killed = timeout(
+                node.control
+                    .query("KILL QUERY WHERE query_id = ? SYNC")
+                    .bind(query_id)
+                    .execute(),
+            )
+            .await;
+            match killed {
+                Ok(()) => answered = true,
+                Err(e) => last = Some(e),
+            }
+        }
+        match (answered, last) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
+}
+
+fn redact_error(e: EngineError, query: Query<'_>) -> EngineError {
+    if query.parameters.is_empty() {
+        return e;
+    }
+    match e {
+        EngineError::Server(x) => EngineError::Server(ServerException {
+            code: x.code,
+            message: query.redact(&x.message),
+        }),
+        EngineError::Connect(m) => EngineError::Connect(query.redact(&m)),
+        EngineError::Transport(m) => EngineError::Transport(query.redact(&m)),
+        EngineError::Protocol(m) => EngineError::Protocol(query.redact(&m)),
+        other => other,
+    }
+}
+
+/// A parameter value in ClickHouse's escaped text form, which is how the server reads
+/// `param_<name>`: backslash, tab, newline and carriage return are escaped, so the
+/// value arrives exactly as sent. Composite types (Array, Tuple, Map) are written by
+/// the client in ClickHouse's literal syntax and sent as they are.
+pub fn escape_parameter(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_composite(type_: &str) -> bool {
+    let t = type_.trim_start();
+    ["Array", "Tuple", "Map", "Nested"]
+        .iter()
+        .any(|p| t.starts_with(p))
+}
+
+/// `{name:Type}` placeholders of `sql`: name to type.
+pub fn parameter_types(sql: &str) -> std::collections::HashMap<&str, &str> {
+    let mut found = std::collections::HashMap::new();
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'{' {
+            let start = i + 1;
+            let mut j = start;
+            while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
+                j += 1;
+            }
+            if j > start && j < bytes.len() && bytes[j] == b':' {
+                // The type runs to the matching `}`.
+                let type_start = j + 1;
+                let mut depth = 0usize;
+                let mut k = type_start;
+                while k < bytes.len() {
+                    match bytes[k] {
+                        b'(' => depth += 1,
+                        b')' => depth = depth.saturating_sub(1),
+                        b'}' if depth == 0 => break,
+                        _ => {}
+                    }
+                    k += 1;
+                }
+                if k < bytes.len() {
+                    found.insert(&sql[start..j], sql[type_start..k].trim());
+                    i = k;
+                }
+            }
+        }
+        i += 1;
+    }
+    found
 }
 
 async fn timeout<T>(
@@ -447,11 +689,18 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
 pub struct ResultStream {
     response: reqwest::Response,
     exception_tag: Option<String>,
+    /// Index of the URL running the query.
+    node: usize,
 }
 
 impl ResultStream {
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, EngineError> {
         self.response.chunk().await.map_err(EngineError::from_http)
+    }
+
+    /// Index of the tier URL running the query (for [`Endpoint::progress`]).
+    pub fn node(&self) -> usize {
+        self.node
     }
 
     /// The tag 25.11+ servers use to frame a mid-stream exception.
@@ -488,6 +737,31 @@ mod tests {
         assert!(!server(62, "Syntax error").is_transient());
         assert!(!server(60, "Unknown table").is_transient());
         assert!(!EngineError::Unsupported("Parquet".into()).is_transient());
+    }
+
+    #[test]
+    fn parameters_are_escaped_unless_composite() {
+        assert_eq!(escape_parameter("a\\b\tc'd"), "a\\\\b\\tc'd");
+        let sql = "SELECT {s:String}, {a:Array(Tuple(UInt8, String))}, {m: Map(String, UInt8)}";
+        let t = parameter_types(sql);
+        assert_eq!(t["s"], "String");
+        assert_eq!(t["a"], "Array(Tuple(UInt8, String))");
+        assert!(is_composite(t["a"]) && is_composite(t["m"]) && !is_composite(t["s"]));
+    }
+
+    #[test]
+    fn redaction_masks_parameter_values() {
+        let params = BTreeMap::from([("n".to_string(), "hunter2secret".to_string())]);
+        let empty = BTreeMap::new();
+        let q = Query {
+            sql: "SELECT {n:UInt8}",
+            format: Format::JSON,
+            settings: &empty,
+            parameters: &params,
+            quota_key: None,
+        };
+        let m = q.redact("Value hunter2secret cannot be parsed as UInt8");
+        assert_eq!(m, "Value [redacted] cannot be parsed as UInt8");
     }
 
     #[test]

@@ -1,10 +1,20 @@
 //! The worker's side of the queue.
 //!
 //! Semantics:
-//! - **Claim** takes up to `n` runnable rows of one tier in one statement, highest
-//!   priority first and oldest first within a priority, skipping rows other workers have
-//!   locked (`FOR UPDATE SKIP LOCKED`). Each claim bumps `attempt`, which becomes the
-//!   lease's fencing token, and sets `lease_expires_at`.
+//! - **Claim** takes up to `n` runnable rows of one tier in one statement, skipping rows
+//!   other workers have locked (`FOR UPDATE SKIP LOCKED`). Each claim bumps `attempt`,
+//!   which becomes the lease's fencing token, and sets `lease_expires_at`.
+//! - **Fairness across tenants**: the claim walks the tenants with PENDING work on the
+//!   tier (a loose index scan, one index probe per tenant) and takes from each tenant its
+//!   head, highest priority first, then oldest. A tenant's k-th candidate gets the turn
+//!   `running + k`, where `running` counts its executions already RUNNING on the tier;
+//!   the smallest turns win (oldest first on ties). So a tenant with a backlog of a
+//!   thousand and one that just arrived alternate, and the newcomer catches up to the
+//!   others' running count first. Priority orders work within a tenant only.
+//! - **Running caps**: a row carries its tenant's `max_running` for the tier (set at
+//!   submit). A candidate whose turn would exceed it is not taken. Claims of one tier
+//!   hold a transaction-scoped advisory lock, so two workers cannot both see room under
+//!   a cap and exceed it together; a claim takes a few milliseconds, so this costs little.
 //! - **Every later write is fenced** by [`Fence`]: `id`, `attempt`, `worker_id` and
 //!   `status = 'RUNNING'`. A worker whose lease was reclaimed, or whose execution was
 //!   canceled or superseded, updates zero rows and learns that it must stop.
@@ -69,24 +79,56 @@ impl Store {
         n: i64,
         lease: Duration,
     ) -> Result<Vec<Execution>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('sluice-claim/' || $1, 0))")
+            .bind(tier)
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query_as::<_, Execution>(
-            "UPDATE executions SET status = 'RUNNING', attempt = attempt + 1, \
-                 worker_id = $2, lease_expires_at = now() + $3 * interval '1 millisecond', \
-                 started_at = now(), progress = NULL \
-             WHERE id IN ( \
-                 SELECT id FROM executions \
-                 WHERE status = 'PENDING' AND tier = $1 AND run_after <= now() \
-                 ORDER BY priority DESC, id \
+            "WITH RECURSIVE tenants(tenant) AS ( \
+                 (SELECT tenant FROM executions \
+                  WHERE status = 'PENDING' AND tier = $1 ORDER BY tenant LIMIT 1) \
+                 UNION ALL \
+                 SELECT (SELECT e.tenant FROM executions e \
+                         WHERE e.status = 'PENDING' AND e.tier = $1 AND e.tenant > t.tenant \
+                         ORDER BY e.tenant LIMIT 1) \
+                 FROM tenants t WHERE t.tenant IS NOT NULL), \
+             running AS ( \
+                 SELECT tenant, count(*) AS n FROM executions \
+                 WHERE status = 'RUNNING' AND tier = $1 GROUP BY tenant), \
+             candidates AS ( \
+                 SELECT c.id, coalesce(r.n, 0) + c.rank AS turn \
+                 FROM tenants t \
+                 LEFT JOIN running r ON r.tenant = t.tenant \
+                 CROSS JOIN LATERAL ( \
+                     SELECT e.id, e.max_running, \
+                            row_number() OVER (ORDER BY e.priority DESC, e.id) AS rank \
+                     FROM executions e \
+                     WHERE e.status = 'PENDING' AND e.tier = $1 AND e.tenant = t.tenant \
+                       AND e.run_after <= now() \
+                     ORDER BY e.priority DESC, e.id \
+                     LIMIT $4) c \
+                 WHERE t.tenant IS NOT NULL \
+                   AND (c.max_running IS NULL OR coalesce(r.n, 0) + c.rank <= c.max_running)), \
+             picked AS ( \
+                 SELECT e.id FROM executions e JOIN candidates c ON c.id = e.id \
+                 WHERE e.status = 'PENDING' \
+                 ORDER BY c.turn, e.id \
                  LIMIT $4 \
-                 FOR UPDATE SKIP LOCKED) \
+                 FOR UPDATE OF e SKIP LOCKED) \
+             UPDATE executions SET status = 'RUNNING', attempt = attempt + 1, \
+                 worker_id = $2, lease_expires_at = now() + $3 * interval '1 millisecond', \
+                 started_at = clock_timestamp(), progress = NULL \
+             WHERE id IN (SELECT id FROM picked) \
              RETURNING *",
         )
         .bind(tier)
         .bind(worker_id)
         .bind(millis(lease))
         .bind(n)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows)
     }
 

@@ -9,6 +9,12 @@
 //!   its successor, in the same transaction that inserts the successor; a RUNNING one is
 //!   also signalled on the cancel channel so its worker kills the ClickHouse query.
 //! - No in-flight execution: a new PENDING row, and a NOTIFY for the tier's workers.
+//!
+//! Queue cap: when `max_queued` is set, a submit that would add a PENDING row while the
+//! tenant already has that many on the tier is refused ([`Submitted::QueueFull`]). The
+//! count and the insert run in one transaction under an advisory lock of
+//! (tenant, tier), so concurrent submits cannot both slip under the cap. A submit that
+//! collapses into, or supersedes, a PENDING execution adds nothing and is let through.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +22,18 @@ use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{CANCEL_CHANNEL, Result, Store, StoreError, WORK_CHANNEL, is_unique_violation};
-use crate::execution::{ErrorInfo, Execution, Format, Status};
+use crate::execution::{ErrorInfo, Execution, Format, Secrets, Status};
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// The INSERT of a new execution; [`bind_new`] binds its parameters.
+macro_rules! insert {
+    () => {
+        "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, sql, \
+         format, settings, priority, max_attempts, parameters, quota_key, max_running) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    };
+}
 
 /// A validated submission, ready to be stored.
 #[derive(Debug, Clone)]
@@ -31,6 +48,13 @@ pub struct NewExecution {
     pub settings: BTreeMap<String, String>,
     pub priority: i16,
     pub max_attempts: i32,
+    /// Query parameters (secrets), sent as `param_<name>`.
+    pub parameters: BTreeMap<String, String>,
+    pub quota_key: String,
+    /// Running cap of the tenant on this tier, checked when workers claim.
+    pub max_running: Option<i32>,
+    /// Queue cap of the tenant on this tier, checked here.
+    pub max_queued: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -43,6 +67,10 @@ pub enum Submitted {
         execution: Execution,
         superseded: Uuid,
     },
+    /// The tenant already has `cap` PENDING executions on this tier.
+    QueueFull {
+        cap: i64,
+    },
 }
 
 /// How many times a submit retries after losing a race for the in-flight key.
@@ -51,35 +79,42 @@ const MAX_RACES: usize = 20;
 impl Store {
     pub async fn submit(&self, new: &NewExecution) -> Result<Submitted> {
         for _ in 0..MAX_RACES {
+            let mut tx = self.pool.begin().await?;
+            if let Some(cap) = new.max_queued
+                && !self.under_queue_cap(&mut tx, new, cap).await?
+            {
+                return Ok(Submitted::QueueFull { cap });
+            }
             let id = Uuid::now_v7();
             // Insert, or collapse into an identical in-flight execution. When the
             // in-flight one differs, the DO UPDATE's WHERE is false and no row comes back.
-            let row = bind_new(
-                sqlx::query(
-                    "INSERT INTO executions (id, tenant, created_by, tier, query_id, \
-                         query_hash, sql, format, settings, priority, max_attempts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                     ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
+            let sql = concat!(
+                insert!(),
+                " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
                  DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
                      WHERE executions.query_hash = EXCLUDED.query_hash \
-                     RETURNING *, (xmax::text = '0') AS inserted",
-                ),
-                id,
-                new,
-            )
-            .fetch_optional(&self.pool)
-            .await;
+                 RETURNING *, (xmax::text = '0') AS inserted"
+            );
+            let row = bind_new(sqlx::query(sql), id, new)
+                .fetch_optional(&mut *tx)
+                .await;
             match row {
                 Ok(Some(row)) => {
                     let execution = Execution::from_row(&row)?;
-                    if row.try_get::<bool, _>("inserted")? {
-                        self.notify_work(&execution.tier).await?;
-                        return Ok(Submitted::Created(execution));
+                    let inserted = row.try_get::<bool, _>("inserted")?;
+                    if inserted {
+                        // Delivered at commit: a woken worker always finds the row.
+                        notify(&mut tx, WORK_CHANNEL, &execution.tier).await?;
                     }
-                    return Ok(Submitted::Collapsed(execution));
+                    tx.commit().await?;
+                    return Ok(if inserted {
+                        Submitted::Created(execution)
+                    } else {
+                        Submitted::Collapsed(execution)
+                    });
                 }
                 Ok(None) => {
-                    if let Some(done) = self.supersede(id, new).await? {
+                    if let Some(done) = supersede(tx, id, new).await? {
                         return Ok(done);
                     }
                 }
@@ -91,74 +126,25 @@ impl Store {
         Err(StoreError::Contention(new.query_id.clone()))
     }
 
-    /// Cancels the in-flight execution holding `new.query_id` and inserts `new` in its
-    /// place, atomically. `None` when the race changed under us (the caller retries).
-    async fn supersede(&self, id: Uuid, new: &NewExecution) -> Result<Option<Submitted>> {
-        let mut tx = self.pool.begin().await?;
-        let error = ErrorInfo {
-            code: "SUPERSEDED".into(),
-            message: format!(
-                "superseded by execution {id}: a submission with the same query_id and \
-                 different SQL, tier, format or settings"
-            ),
-            clickhouse_code: None,
-        };
-        let old: Option<(Uuid, Status)> = sqlx::query_as(
-            "WITH old AS ( \
-                 SELECT id, status FROM executions \
-                 WHERE tenant = $1 AND query_id = $2 AND status IN ('PENDING', 'RUNNING') \
-                   AND query_hash <> $3 \
-                 FOR UPDATE) \
-             UPDATE executions e SET status = 'CANCELED', \
-                 cancel_requested_at = now(), finished_at = now(), \
-                 lease_expires_at = NULL, error = $4, superseded_by = $5 \
-             FROM old WHERE e.id = old.id \
-             RETURNING e.id, old.status",
+    /// Takes the (tenant, tier) queue lock for the rest of `tx` and says whether `new`
+    /// may be queued: the tenant has fewer than `cap` PENDING executions on the tier, or
+    /// `new` replaces or joins one of them.
+    async fn under_queue_cap(&self, tx: &mut Tx, new: &NewExecution, cap: i64) -> Result<bool> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 5898))")
+            .bind(&new.tenant)
+            .bind(&new.tier)
+            .execute(&mut **tx)
+            .await?;
+        let (pending, replaces): (i64, bool) = sqlx::query_as(
+            "SELECT count(*), coalesce(bool_or(query_id = $3), false) FROM executions \
+             WHERE tenant = $1 AND tier = $2 AND status = 'PENDING'",
         )
         .bind(&new.tenant)
+        .bind(&new.tier)
         .bind(&new.query_id)
-        .bind(&new.query_hash)
-        .bind(sqlx::types::Json(&error))
-        .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
-        let Some((old_id, old_status)) = old else {
-            return Ok(None);
-        };
-        let inserted = bind_new(
-            sqlx::query(
-                "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, \
-                     sql, format, settings, priority, max_attempts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 RETURNING *",
-            ),
-            id,
-            new,
-        )
-        .fetch_one(&mut *tx)
-        .await;
-        let execution = match inserted {
-            Ok(row) => Execution::from_row(&row)?,
-            Err(e) if is_unique_violation(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if old_status == Status::Running {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CANCEL_CHANNEL)
-                .bind(old_id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WORK_CHANNEL)
-            .bind(&execution.tier)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(Submitted::Superseded {
-            execution,
-            superseded: old_id,
-        }))
+        Ok(pending < cap || replaces)
     }
 
     /// Wakes the tier's idle workers. Sent after the row is committed, so a woken worker
@@ -173,7 +159,68 @@ impl Store {
     }
 }
 
-/// Binds `$1..$11` of an INSERT of `new` with id `id`, in the column order both INSERTs use.
+async fn notify(tx: &mut Tx, channel: &str, payload: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Cancels the in-flight execution holding `new.query_id` and inserts `new` in its
+/// place, in `tx`. `None` when the race changed under us (the caller retries).
+async fn supersede(mut tx: Tx, id: Uuid, new: &NewExecution) -> Result<Option<Submitted>> {
+    let error = ErrorInfo {
+        code: "SUPERSEDED".into(),
+        message: format!(
+            "superseded by execution {id}: a submission with the same query_id and \
+                 different SQL, tier, format or settings"
+        ),
+        clickhouse_code: None,
+    };
+    let old: Option<(Uuid, Status)> = sqlx::query_as(
+        "WITH old AS ( \
+                 SELECT id, status FROM executions \
+                 WHERE tenant = $1 AND query_id = $2 AND status IN ('PENDING', 'RUNNING') \
+                   AND query_hash <> $3 \
+                 FOR UPDATE) \
+             UPDATE executions e SET status = 'CANCELED', \
+                 cancel_requested_at = now(), finished_at = now(), \
+                 lease_expires_at = NULL, error = $4, superseded_by = $5 \
+             FROM old WHERE e.id = old.id \
+             RETURNING e.id, old.status",
+    )
+    .bind(&new.tenant)
+    .bind(&new.query_id)
+    .bind(&new.query_hash)
+    .bind(sqlx::types::Json(&error))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((old_id, old_status)) = old else {
+        return Ok(None);
+    };
+    let inserted = bind_new(sqlx::query(concat!(insert!(), " RETURNING *")), id, new)
+        .fetch_one(&mut *tx)
+        .await;
+    let execution = match inserted {
+        Ok(row) => Execution::from_row(&row)?,
+        Err(e) if is_unique_violation(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if old_status == Status::Running {
+        notify(&mut tx, CANCEL_CHANNEL, &old_id.to_string()).await?;
+    }
+    notify(&mut tx, WORK_CHANNEL, &execution.tier).await?;
+    tx.commit().await?;
+    Ok(Some(Submitted::Superseded {
+        execution,
+        superseded: old_id,
+    }))
+}
+
+/// Binds `$1..$14` of `insert!()` for `new` with id `id`.
 fn bind_new<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -191,4 +238,11 @@ fn bind_new<'q>(
         .bind(sqlx::types::Json(&new.settings))
         .bind(new.priority)
         .bind(new.max_attempts)
+        .bind(if new.parameters.is_empty() {
+            None
+        } else {
+            Some(sqlx::types::Json(Secrets(new.parameters.clone())))
+        })
+        .bind(&new.quota_key)
+        .bind(new.max_running)
 }

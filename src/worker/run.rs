@@ -11,7 +11,7 @@
 //! Dropping the HTTP response alone does not stop a ClickHouse query that has not yet
 //! sent output, hence the explicit `KILL QUERY ... SYNC` on every interruption.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use tracing::{Instrument, info, warn};
 
 use super::Worker;
 use super::rows::RowCounter;
-use crate::clickhouse::{EngineError, Tail};
+use crate::clickhouse::{EngineError, Query, Tail};
 use crate::execution::{ErrorInfo, Execution, Format, Progress, ResultMeta};
 use crate::results::{ResultWriter, ResultsError};
 use crate::store::queue::{Beat, Fence};
@@ -37,6 +37,8 @@ struct Beacons {
     lost: CancellationToken,
     result_bytes: Arc<AtomicU64>,
     last_progress: Arc<Mutex<Progress>>,
+    /// The tier URL running the query, for progress.
+    node: Arc<AtomicUsize>,
 }
 
 enum Outcome {
@@ -70,6 +72,7 @@ impl Worker {
         let lost = CancellationToken::new();
         let result_bytes = Arc::new(AtomicU64::new(0));
         let last_progress = Arc::new(Mutex::new(Progress::default()));
+        let node = Arc::new(AtomicUsize::new(0));
         let heartbeat = tokio::spawn(
             self.clone()
                 .heartbeat(
@@ -80,6 +83,7 @@ impl Worker {
                         lost: lost.clone(),
                         result_bytes: result_bytes.clone(),
                         last_progress: last_progress.clone(),
+                        node: node.clone(),
                     },
                 )
                 .in_current_span(),
@@ -87,7 +91,7 @@ impl Worker {
 
         let mut writer: Option<ResultWriter> = None;
         let outcome = {
-            let work = self.produce(&execution, &query_id, &mut writer, &result_bytes);
+            let work = self.produce(&execution, &query_id, &mut writer, &result_bytes, &node);
             tokio::select! {
                 biased;
                 _ = signals.cancel.cancelled() => Outcome::Canceled,
@@ -217,6 +221,7 @@ impl Worker {
         query_id: &str,
         writer: &mut Option<ResultWriter>,
         result_bytes: &AtomicU64,
+        node: &AtomicUsize,
     ) -> Outcome {
         let Some(format) = execution.format() else {
             return Outcome::Failed(ErrorInfo {
@@ -225,7 +230,18 @@ impl Worker {
                 clickhouse_code: None,
             });
         };
-        let settings = &execution.settings.0;
+        let no_parameters = Default::default();
+        let parameters = execution
+            .parameters
+            .as_ref()
+            .map_or(&no_parameters, |p| &p.0.0);
+        let query = Query {
+            sql: &execution.sql,
+            format,
+            settings: &execution.settings.0,
+            parameters,
+            quota_key: execution.quota_key.as_deref(),
+        };
         let version = match self.engine.version().await {
             Ok(v) => v,
             Err(e) => return engine_outcome(e),
@@ -233,20 +249,28 @@ impl Worker {
         if let Err(e) = version.check_format(format) {
             return engine_outcome(e);
         }
-        let columns = match self.engine.describe(&execution.sql, settings).await {
-            Ok(c) => c,
-            Err(e) => return engine_outcome(e),
+        if !parameters.is_empty()
+            && let Err(e) = version.check_parameters()
+        {
+            return engine_outcome(e);
+        }
+        // DESCRIBE only works on statements that return rows; others (CREATE, INSERT on
+        // a writable tier) have no columns.
+        let columns = if returns_rows(&execution.sql) {
+            match self.engine.describe(query).await {
+                Ok(c) => c,
+                Err(e) => return engine_outcome(e),
+            }
+        } else {
+            Vec::new()
         };
 
         let key = self.results.key(execution.id, execution.attempt, format);
-        let mut stream = match self
-            .engine
-            .stream(&execution.sql, query_id, format, settings)
-            .await
-        {
+        let mut stream = match self.engine.stream(query, query_id).await {
             Ok(s) => s,
             Err(e) => return engine_outcome(e),
         };
+        node.store(stream.node(), Ordering::Relaxed);
         let w = writer.insert(self.results.writer(&key));
         let mut tail = Tail::default();
         let mut rows = RowCounter::new(format.row_counting());
@@ -261,7 +285,7 @@ impl Worker {
                         Some(x) => EngineError::Server(x),
                         None => e,
                     };
-                    return engine_outcome(e);
+                    return engine_outcome(redact(e, query));
                 }
             };
             rows.feed(&chunk);
@@ -272,7 +296,7 @@ impl Worker {
             result_bytes.store(w.bytes_written(), Ordering::Relaxed);
         }
         if let Some(e) = tail.exception(stream.exception_tag()) {
-            return engine_outcome(EngineError::Server(e));
+            return engine_outcome(redact(EngineError::Server(e), query));
         }
         let Some(w) = writer.take() else {
             return Outcome::Failed(storage_error(ResultsError::NotFound(key)));
@@ -314,6 +338,7 @@ impl Worker {
             lost,
             result_bytes,
             last_progress,
+            node,
         } = beacons;
         let mut beat_log = crate::outage::OutageLog::new("heartbeat");
         let mut interval = tokio::time::interval(self.config.heartbeat);
@@ -321,7 +346,12 @@ impl Worker {
         interval.tick().await; // the claim itself just set the lease
         loop {
             interval.tick().await;
-            let stats = self.engine.progress(&query_id).await.ok().flatten();
+            let stats = self
+                .engine
+                .progress(node.load(Ordering::Relaxed), &query_id)
+                .await
+                .ok()
+                .flatten();
             let progress = Progress {
                 read_rows: stats.as_ref().map_or(0, |s| s.read_rows),
                 read_bytes: stats.as_ref().map_or(0, |s| s.read_bytes),
@@ -355,6 +385,49 @@ impl Worker {
     }
 }
 
+/// A mid-stream exception, with any echoed parameter value masked.
+fn redact(e: EngineError, query: Query<'_>) -> EngineError {
+    match e {
+        EngineError::Server(mut x) => {
+            x.message = query.redact(&x.message);
+            EngineError::Server(x)
+        }
+        other => other,
+    }
+}
+
+/// Whether the statement returns rows (and so can be DESCRIBEd): a query, not DDL or
+/// an INSERT. Leading comments and parentheses are skipped.
+fn returns_rows(sql: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r
+                .split_once('\n')
+                .map_or("", |(_, after)| after)
+                .trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r
+                .split_once("*/")
+                .map_or("", |(_, after)| after)
+                .trim_start();
+        } else if let Some(r) = rest.strip_prefix('(') {
+            rest = r.trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(
+        word.as_str(),
+        "SELECT" | "WITH" | "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" | "EXISTS" | "VALUES"
+    )
+}
+
 fn engine_outcome(e: EngineError) -> Outcome {
     if e.is_transient() {
         Outcome::Transient(engine_error(e))
@@ -370,7 +443,7 @@ fn engine_error(e: EngineError) -> ErrorInfo {
             message: x.message,
             clickhouse_code: x.code,
         },
-        EngineError::Transport(m) => ErrorInfo {
+        EngineError::Transport(m) | EngineError::Connect(m) => ErrorInfo {
             code: "CLICKHOUSE_UNAVAILABLE".into(),
             message: format!("cannot reach ClickHouse: {m}"),
             clickhouse_code: None,
@@ -393,5 +466,20 @@ fn storage_error(e: ResultsError) -> ErrorInfo {
         code: "STORAGE_ERROR".into(),
         message: format!("could not store the result: {e}"),
         clickhouse_code: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statements_that_return_rows() {
+        use super::returns_rows;
+        assert!(returns_rows("SELECT 1"));
+        assert!(returns_rows(
+            "  -- why\n  (with x as (select 1) select * from x)"
+        ));
+        assert!(returns_rows("/* c */ show tables"));
+        assert!(!returns_rows("CREATE TABLE t (x UInt8) ENGINE = Memory"));
+        assert!(!returns_rows("insert into t select 1"));
     }
 }
