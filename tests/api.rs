@@ -308,23 +308,24 @@ async fn the_api_answers_503_while_postgres_is_unreachable() {
         .acquire_timeout(std::time::Duration::from_secs(2))
         .connect_lazy_with(options);
     let config = sluice::config::Config::from_toml(&format!(
-        "database_url = \"postgres://x\"\n[tiers.default]\nclickhouse_url = \"{}\"\n",
+        "database_url = \"postgres://x\"\n{}[tiers.default]\nclickhouse_url = \"{}\"\n",
+        common::key_entry("tester", common::TEST_KEY, "default", ""),
         clickhouse_url()
     ))
     .unwrap();
     let results_dir = tempfile::tempdir().unwrap();
     let mut results_config = config.results.clone();
     results_config.url = results_dir.path().display().to_string();
-    let ctx = sluice::api::ApiContext {
-        config: std::sync::Arc::new(config),
-        store: sluice::store::Store::from_pool(pool),
-        results: sluice::results::ResultStore::new(&results_config).unwrap(),
-    };
+    let ctx = sluice::api::ApiContext::new(
+        std::sync::Arc::new(config),
+        sluice::store::Store::from_pool(pool),
+        sluice::results::ResultStore::new(&results_config).unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(sluice::api::serve(listener, ctx, stop.clone()));
-    let http = reqwest::Client::new();
+    let http = common::client_with(common::TEST_KEY);
 
     let r = http.get(format!("{base}/ready")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

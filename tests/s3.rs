@@ -109,3 +109,30 @@ async fn a_failed_stream_leaves_nothing_in_s3(pool: PgPool) {
         "dangling multipart upload: {uploads}"
     );
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_presigned_s3_link_downloads_the_same_bytes(pool: PgPool) {
+    let (h, bucket) = s3_harness(pool).await;
+    let id = h
+        .submit_ok(json!({ "sql": "SELECT number FROM system.numbers LIMIT 5000" }))
+        .await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    let (_, _, expected) = h.download(&id).await;
+    let (status, link) = h
+        .post(
+            &format!("/v1/executions/{id}/result-url"),
+            "application/json",
+            r#"{"expires_in": 300}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{link}");
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&s3_endpoint()) && url.contains(&bucket) && url.contains("X-Amz-Signature"),
+        "an S3 presigned URL, not a Sluice one: {url}"
+    );
+    let r = reqwest::Client::new().get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), expected);
+}

@@ -108,6 +108,40 @@ pub struct Setup {
     pub worker_extra: String,
     /// ClickHouse URL of every tier; the test server when `None`.
     pub clickhouse_url: Option<String>,
+    /// More `[[auth.api_keys]]` entries (see [`key_entry`]).
+    pub auth_extra: String,
+}
+
+/// The API key every harness request sends unless a test picks another principal:
+/// tenant `default`, every tier.
+pub const TEST_KEY: &str = "sk_test_default_principal";
+/// The harness's JWT secret (`auth.jwt.secret`).
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+
+/// An `[[auth.api_keys]]` entry admitting `key`; `extra` adds TOML lines.
+pub fn key_entry(name: &str, key: &str, tenant: &str, extra: &str) -> String {
+    format!(
+        "[[auth.api_keys]]\nname = \"{name}\"\ntenant = \"{tenant}\"\nsha256 = \"{}\"\n{extra}\n",
+        sluice::auth::hash_key(key)
+    )
+}
+
+/// A JWT signed with the harness's secret.
+pub fn jwt(claims: Value) -> String {
+    sluice::auth::sign_jwt(&claims, JWT_SECRET)
+}
+
+/// A client that sends `Authorization: Bearer <credential>` on every request.
+pub fn client_with(credential: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl Default for Setup {
@@ -120,6 +154,7 @@ impl Default for Setup {
             tier_extra: String::new(),
             worker_extra: String::new(),
             clickhouse_url: None,
+            auth_extra: String::new(),
         }
     }
 }
@@ -171,9 +206,19 @@ pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) 
         }
     ));
     toml.push_str(&setup.extra);
+    toml.push_str(&format!(
+        "[auth.jwt]\nsecret = \"{JWT_SECRET}\"\nleeway = \"0s\"\n{}{}",
+        key_entry("tester", TEST_KEY, "default", ""),
+        setup.auth_extra
+    ));
     for tier in &setup.tiers {
+        let concurrency = if setup.tier_extra.contains("concurrency") {
+            ""
+        } else {
+            "concurrency = 4\n"
+        };
         toml.push_str(&format!(
-            "[tiers.{tier}]\nclickhouse_url = \"{}\"\nconcurrency = 4\n{}\n",
+            "[tiers.{tier}]\nclickhouse_url = \"{}\"\n{concurrency}{}\n",
             setup.clickhouse_url.clone().unwrap_or_else(clickhouse_url),
             setup.tier_extra
         ));
@@ -216,11 +261,11 @@ impl Harness {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let ctx = ApiContext {
-            config: std::sync::Arc::new(config.clone()),
-            store: store.clone(),
-            results: results.clone(),
-        };
+        let ctx = ApiContext::new(
+            std::sync::Arc::new(config.clone()),
+            store.clone(),
+            results.clone(),
+        );
         let api_shutdown = shutdown.clone();
         let mut tasks = vec![tokio::spawn(async move {
             api::serve(listener, ctx, api_shutdown).await.unwrap();
@@ -238,7 +283,7 @@ impl Harness {
         }
         Harness {
             base,
-            http: reqwest::Client::new(),
+            http: client_with(TEST_KEY),
             store,
             results,
             config,
@@ -263,6 +308,147 @@ impl Harness {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The same API, called as another principal.
+    pub fn as_principal(&self, credential: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            http: client_with(credential),
+        }
+    }
+
+    fn api(&self) -> Api {
+        Api {
+            base: self.base.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// POST /v1/executions with a JSON body.
+    pub async fn submit(&self, body: Value) -> (StatusCode, Value) {
+        self.api().submit(body).await
+    }
+
+    /// GET `path`; the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        self.api().get_json(path).await
+    }
+
+    /// POST `body` to `path` with `content_type`; the status and the JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        self.api().post(path, content_type, body).await
+    }
+
+    /// Submits and returns the execution id, asserting it was created.
+    pub async fn submit_ok(&self, body: Value) -> String {
+        self.api().submit_ok(body).await
+    }
+
+    pub async fn get(&self, id: &str) -> Value {
+        self.api().get(id).await
+    }
+
+    /// POST /v1/executions/{id}/cancel.
+    pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        self.api().cancel(id).await
+    }
+
+    pub async fn download(&self, id: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        self.api().download(id).await
+    }
+
+    /// Polls until the execution's status is one of `statuses`; panics after `deadline`.
+    pub async fn wait_for(&self, id: &str, statuses: &[&str], deadline: Duration) -> Value {
+        self.api().wait_for(id, statuses, deadline).await
+    }
+
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.api().wait_terminal(id).await
+    }
+
+    /// Starts one more in-process worker for `tier`; cancel the token to stop it.
+    pub fn spawn_worker(
+        &self,
+        tier: &str,
+    ) -> (
+        CancellationToken,
+        JoinHandle<Result<(), sluice::worker::WorkerError>>,
+    ) {
+        let worker =
+            Worker::new(&self.config, tier, self.store.clone(), self.results.clone()).unwrap();
+        let stop = self.shutdown.child_token();
+        (stop.clone(), tokio::spawn(worker.run(stop)))
+    }
+
+    /// Waits until the execution is RUNNING and its query shows in ClickHouse's
+    /// `system.processes`; returns that ClickHouse query_id.
+    pub async fn wait_running_on_clickhouse(&self, id: &str) -> String {
+        self.api().wait_running_on_clickhouse(id).await
+    }
+
+    /// [`Api::wait_running_on_clickhouse`] for another principal's execution.
+    pub async fn wait_running_on_clickhouse_as(&self, api: &Api, id: &str) -> String {
+        api.wait_running_on_clickhouse(id).await
+    }
+}
+
+/// The API as seen by one principal.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Polls until the execution's status is one of `statuses`; panics after `deadline`.
+    pub async fn wait_for(&self, id: &str, statuses: &[&str], deadline: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let e = self.get(id).await;
+            if statuses.contains(&e["status"].as_str().unwrap()) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "execution {id} still {} after {deadline:?}, wanted {statuses:?}: {e}",
+                e["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_for(
+            id,
+            &["SUCCEEDED", "FAILED", "CANCELED", "EXPIRED"],
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    /// Waits until the execution is RUNNING and its query shows in ClickHouse's
+    /// `system.processes`; returns that ClickHouse query_id.
+    pub async fn wait_running_on_clickhouse(&self, id: &str) -> String {
+        let e = self
+            .wait_for(id, &["RUNNING"], Duration::from_secs(30))
+            .await;
+        let query_id = format!("{id}-{}", e["attempt"]);
+        eventually(
+            Duration::from_secs(30),
+            "the query runs on ClickHouse",
+            || async { running_on_clickhouse(&query_id).await == 1 },
+        )
+        .await;
+        query_id
     }
 
     /// POST /v1/executions with a JSON body.
@@ -314,46 +500,6 @@ impl Harness {
         v
     }
 
-    /// Polls until the execution's status is one of `statuses`; panics after `deadline`.
-    pub async fn wait_for(&self, id: &str, statuses: &[&str], deadline: Duration) -> Value {
-        let start = Instant::now();
-        loop {
-            let e = self.get(id).await;
-            if statuses.contains(&e["status"].as_str().unwrap()) {
-                return e;
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "execution {id} still {} after {deadline:?}, wanted {statuses:?}: {e}",
-                e["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub async fn wait_terminal(&self, id: &str) -> Value {
-        self.wait_for(
-            id,
-            &["SUCCEEDED", "FAILED", "CANCELED", "EXPIRED"],
-            Duration::from_secs(120),
-        )
-        .await
-    }
-
-    /// Starts one more in-process worker for `tier`; cancel the token to stop it.
-    pub fn spawn_worker(
-        &self,
-        tier: &str,
-    ) -> (
-        CancellationToken,
-        JoinHandle<Result<(), sluice::worker::WorkerError>>,
-    ) {
-        let worker =
-            Worker::new(&self.config, tier, self.store.clone(), self.results.clone()).unwrap();
-        let stop = self.shutdown.child_token();
-        (stop.clone(), tokio::spawn(worker.run(stop)))
-    }
-
     /// POST /v1/executions/{id}/cancel.
     pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
         let r = self
@@ -363,22 +509,6 @@ impl Harness {
             .await
             .unwrap();
         json_answer(r).await
-    }
-
-    /// Waits until the execution is RUNNING and its query shows in ClickHouse's
-    /// `system.processes`; returns that ClickHouse query_id.
-    pub async fn wait_running_on_clickhouse(&self, id: &str) -> String {
-        let e = self
-            .wait_for(id, &["RUNNING"], Duration::from_secs(30))
-            .await;
-        let query_id = format!("{id}-{}", e["attempt"]);
-        eventually(
-            Duration::from_secs(30),
-            "the query runs on ClickHouse",
-            || async { running_on_clickhouse(&query_id).await == 1 },
-        )
-        .await;
-        query_id
     }
 
     pub async fn download(&self, id: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
