@@ -15,7 +15,7 @@ use sluice::store::queue::Fence;
 /// Claims the tier's pending work as a worker that then "dies" (never heartbeats).
 async fn claim_as_dead_worker(h: &Harness, lease: Duration) -> Vec<Fence> {
     h.store
-        .claim("default", "dead-worker", 10, lease)
+        .claim("default", "dead-worker", 10, lease, false)
         .await
         .unwrap()
         .iter()

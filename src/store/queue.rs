@@ -12,9 +12,10 @@
 //!   thousand and one that just arrived alternate, and the newcomer catches up to the
 //!   others' running count first. Priority orders work within a tenant only.
 //! - **Running caps**: a row carries its tenant's `max_running` for the tier (set at
-//!   submit). A candidate whose turn would exceed it is not taken. Claims of one tier
-//!   hold a transaction-scoped advisory lock, so two workers cannot both see room under
-//!   a cap and exceed it together; a claim takes a few milliseconds, so this costs little.
+//!   submit). A candidate whose turn would exceed it is not taken. When caps are
+//!   configured (`capped`), claims of one tier hold a transaction-scoped advisory lock,
+//!   so two workers cannot both see room under a cap and exceed it together; without
+//!   caps the claim is one statement and workers never wait for each other.
 //! - **Every later write is fenced** by [`Fence`]: `id`, `attempt`, `worker_id` and
 //!   `status = 'RUNNING'`. A worker whose lease was reclaimed, or whose execution was
 //!   canceled or superseded, updates zero rows and learns that it must stop.
@@ -71,21 +72,9 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-impl Store {
-    pub async fn claim(
-        &self,
-        tier: &str,
-        worker_id: &str,
-        n: i64,
-        lease: Duration,
-    ) -> Result<Vec<Execution>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('sluice-claim/' || $1, 0))")
-            .bind(tier)
-            .execute(&mut *tx)
-            .await?;
-        let rows = sqlx::query_as::<_, Execution>(
-            "WITH RECURSIVE tenants(tenant) AS ( \
+/// Claims up to `$4` executions of tier `$1` for worker `$2` with a lease of `$3` ms,
+/// fairly across tenants and within running caps (see the module comment).
+const CLAIM: &str = "WITH RECURSIVE tenants(tenant) AS ( \
                  (SELECT tenant FROM executions \
                   WHERE status = 'PENDING' AND tier = $1 ORDER BY tenant LIMIT 1) \
                  UNION ALL \
@@ -120,14 +109,31 @@ impl Store {
                  worker_id = $2, lease_expires_at = now() + $3 * interval '1 millisecond', \
                  started_at = clock_timestamp(), progress = NULL \
              WHERE id IN (SELECT id FROM picked) \
-             RETURNING *",
-        )
-        .bind(tier)
-        .bind(worker_id)
-        .bind(millis(lease))
-        .bind(n)
-        .fetch_all(&mut *tx)
-        .await?;
+             RETURNING *";
+
+impl Store {
+    pub async fn claim(
+        &self,
+        tier: &str,
+        worker_id: &str,
+        n: i64,
+        lease: Duration,
+        capped: bool,
+    ) -> Result<Vec<Execution>> {
+        let query = sqlx::query_as::<_, Execution>(CLAIM)
+            .bind(tier)
+            .bind(worker_id)
+            .bind(millis(lease))
+            .bind(n);
+        if !capped {
+            return Ok(query.fetch_all(&self.pool).await?);
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('sluice-claim/' || $1, 0))")
+            .bind(tier)
+            .execute(&mut *tx)
+            .await?;
+        let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(rows)
     }

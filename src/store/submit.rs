@@ -26,6 +26,21 @@ use crate::execution::{ErrorInfo, Execution, Format, Secrets, Status};
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
+/// A transaction, or a plain pooled connection when none is needed.
+enum Conn<'t> {
+    Tx(&'t mut Tx),
+    Pool(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Conn<'_> {
+    fn as_mut(&mut self) -> &mut sqlx::PgConnection {
+        match self {
+            Conn::Tx(t) => t,
+            Conn::Pool(c) => c,
+        }
+    }
+}
+
 /// The INSERT of a new execution; [`bind_new`] binds its parameters.
 macro_rules! insert {
     () => {
@@ -79,34 +94,46 @@ const MAX_RACES: usize = 20;
 impl Store {
     pub async fn submit(&self, new: &NewExecution) -> Result<Submitted> {
         for _ in 0..MAX_RACES {
-            let mut tx = self.pool.begin().await?;
-            if let Some(cap) = new.max_queued
-                && !self.under_queue_cap(&mut tx, new, cap).await?
-            {
-                return Ok(Submitted::QueueFull { cap });
-            }
+            // With a queue cap, the count and the insert share a transaction under the
+            // (tenant, tier) lock; without one, the insert is a single statement.
+            let mut tx = None;
+            let mut conn = match new.max_queued {
+                Some(cap) => {
+                    let mut t = self.pool.begin().await?;
+                    if !self.under_queue_cap(&mut t, new, cap).await? {
+                        return Ok(Submitted::QueueFull { cap });
+                    }
+                    Conn::Tx(tx.insert(t))
+                }
+                None => Conn::Pool(self.pool.acquire().await?),
+            };
             let id = Uuid::now_v7();
             // Insert, or collapse into an identical in-flight execution. When the
             // in-flight one differs, the DO UPDATE's WHERE is false and no row comes back.
+            // The NOTIFY rides in the same statement and is delivered at commit, so a
+            // woken worker always finds the row.
             let sql = concat!(
+                "WITH ins AS (",
                 insert!(),
                 " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
                  DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
                      WHERE executions.query_hash = EXCLUDED.query_hash \
-                 RETURNING *, (xmax::text = '0') AS inserted"
+                 RETURNING *, (xmax::text = '0') AS inserted) \
+                 SELECT ins.*, CASE WHEN ins.inserted \
+                     THEN pg_notify('sluice_work', ins.tier) IS NULL END AS notified \
+                 FROM ins"
             );
             let row = bind_new(sqlx::query(sql), id, new)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(conn.as_mut())
                 .await;
+            drop(conn);
             match row {
                 Ok(Some(row)) => {
                     let execution = Execution::from_row(&row)?;
                     let inserted = row.try_get::<bool, _>("inserted")?;
-                    if inserted {
-                        // Delivered at commit: a woken worker always finds the row.
-                        notify(&mut tx, WORK_CHANNEL, &execution.tier).await?;
+                    if let Some(t) = tx {
+                        t.commit().await?;
                     }
-                    tx.commit().await?;
                     return Ok(if inserted {
                         Submitted::Created(execution)
                     } else {
@@ -114,6 +141,10 @@ impl Store {
                     });
                 }
                 Ok(None) => {
+                    let tx = match tx {
+                        Some(t) => t,
+                        None => self.pool.begin().await?,
+                    };
                     if let Some(done) = supersede(tx, id, new).await? {
                         return Ok(done);
                     }

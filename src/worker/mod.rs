@@ -81,6 +81,8 @@ pub struct Worker {
     results: ResultStore,
     engine: Endpoint,
     stats: Arc<WorkerStats>,
+    /// Whether running caps may apply to this tier, so claims must serialize.
+    capped: bool,
 }
 
 /// What the LISTEN task forwards to the claim loop.
@@ -101,7 +103,11 @@ impl Worker {
             .ok_or_else(|| WorkerError::UnknownTier(tier.to_string()))?
             .clone();
         let engine = Endpoint::new(&tier_config)?;
+        // Every process reads the same configuration, so all workers of a tier agree.
+        let capped = tier_config.max_running_per_tenant.is_some()
+            || config.auth.api_keys.iter().any(|k| k.max_running.is_some());
         Ok(Worker {
+            capped,
             id: crate::instance_id(tier),
             tier: tier.to_string(),
             tier_config,
@@ -154,7 +160,13 @@ impl Worker {
             if claim_now && free > 0 {
                 match self
                     .store
-                    .claim(&self.tier, &self.id, free as i64, self.config.lease)
+                    .claim(
+                        &self.tier,
+                        &self.id,
+                        free as i64,
+                        self.config.lease,
+                        self.capped,
+                    )
                     .await
                 {
                     Ok(claimed) => {
