@@ -410,7 +410,7 @@ async fn the_principals_quota_key_reaches_clickhouse(pool: PgPool) {
     let id = a
         .submit_ok(json!({"sql": LONG_SQL, "settings": long_settings()}))
         .await;
-    let query_id = h.wait_running_on_clickhouse_as(&a, &id).await;
+    let query_id = a.wait_running_on_clickhouse(&id).await;
     let quota_key = clickhouse_text(&format!(
         "SELECT quota_key FROM system.processes WHERE query_id = '{query_id}' FORMAT TSV"
     ))

@@ -159,9 +159,10 @@ impl Default for Setup {
     }
 }
 
+/// The running Sluice. Dereferences to [`Api`]: `h.submit(..)` calls the API as the
+/// default principal ([`TEST_KEY`]).
 pub struct Harness {
-    pub base: String,
-    pub http: reqwest::Client,
+    pub api: Api,
     pub store: Store,
     pub results: ResultStore,
     pub config: Config,
@@ -282,8 +283,10 @@ impl Harness {
             }));
         }
         Harness {
-            base,
-            http: client_with(TEST_KEY),
+            api: Api {
+                base,
+                http: client_with(TEST_KEY),
+            },
             store,
             results,
             config,
@@ -306,70 +309,12 @@ impl Harness {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
     /// The same API, called as another principal.
     pub fn as_principal(&self, credential: &str) -> Api {
         Api {
             base: self.base.clone(),
             http: client_with(credential),
         }
-    }
-
-    fn api(&self) -> Api {
-        Api {
-            base: self.base.clone(),
-            http: self.http.clone(),
-        }
-    }
-
-    /// POST /v1/executions with a JSON body.
-    pub async fn submit(&self, body: Value) -> (StatusCode, Value) {
-        self.api().submit(body).await
-    }
-
-    /// GET `path`; the status and the JSON body.
-    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        self.api().get_json(path).await
-    }
-
-    /// POST `body` to `path` with `content_type`; the status and the JSON body.
-    pub async fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, Value) {
-        self.api().post(path, content_type, body).await
-    }
-
-    /// Submits and returns the execution id, asserting it was created.
-    pub async fn submit_ok(&self, body: Value) -> String {
-        self.api().submit_ok(body).await
-    }
-
-    pub async fn get(&self, id: &str) -> Value {
-        self.api().get(id).await
-    }
-
-    /// POST /v1/executions/{id}/cancel.
-    pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
-        self.api().cancel(id).await
-    }
-
-    pub async fn download(&self, id: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
-        self.api().download(id).await
-    }
-
-    /// Polls until the execution's status is one of `statuses`; panics after `deadline`.
-    pub async fn wait_for(&self, id: &str, statuses: &[&str], deadline: Duration) -> Value {
-        self.api().wait_for(id, statuses, deadline).await
-    }
-
-    pub async fn wait_terminal(&self, id: &str) -> Value {
-        self.api().wait_terminal(id).await
     }
 
     /// Starts one more in-process worker for `tier`; cancel the token to stop it.
@@ -384,17 +329,6 @@ impl Harness {
             Worker::new(&self.config, tier, self.store.clone(), self.results.clone()).unwrap();
         let stop = self.shutdown.child_token();
         (stop.clone(), tokio::spawn(worker.run(stop)))
-    }
-
-    /// Waits until the execution is RUNNING and its query shows in ClickHouse's
-    /// `system.processes`; returns that ClickHouse query_id.
-    pub async fn wait_running_on_clickhouse(&self, id: &str) -> String {
-        self.api().wait_running_on_clickhouse(id).await
-    }
-
-    /// [`Api::wait_running_on_clickhouse`] for another principal's execution.
-    pub async fn wait_running_on_clickhouse_as(&self, api: &Api, id: &str) -> String {
-        api.wait_running_on_clickhouse(id).await
     }
 }
 
@@ -521,6 +455,14 @@ impl Api {
         let status = r.status();
         let headers = r.headers().clone();
         (status, headers, r.bytes().await.unwrap().to_vec())
+    }
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
