@@ -46,29 +46,16 @@ enum Command {
     /// Print a new API key and the `[[auth.api_keys]]` entry to paste into the
     /// configuration (which stores only the key's sha256).
     Keygen {
-        /// The principal's name.
-        #[arg(long)]
-        name: String,
-        /// Its tenant.
-        #[arg(long)]
-        tenant: String,
-        /// Tiers it may use (comma-separated); all when absent.
-        #[arg(long, value_delimiter = ',')]
-        tiers: Option<Vec<String>>,
+        #[command(flatten)]
+        who: PrincipalArgs,
         /// Sees every tenant's executions.
         #[arg(long)]
         admin: bool,
     },
     /// Print an HS256 JWT signed with the configured `auth.jwt.secret`.
     Token {
-        /// `sub`: the principal's name.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        tenant: String,
-        /// Allowed tiers (comma-separated); all when absent.
-        #[arg(long, value_delimiter = ',')]
-        tiers: Option<Vec<String>>,
+        #[command(flatten)]
+        who: PrincipalArgs,
         /// Default tier.
         #[arg(long)]
         tier: Option<String>,
@@ -97,7 +84,28 @@ enum Command {
 }
 
 /// A new key, and the configuration entry that admits it.
-fn keygen(name: &str, tenant: &str, tiers: Option<&[String]>, admin: bool) -> String {
+/// Who a new API key or token speaks for (`sluice keygen`, `sluice token`).
+#[derive(clap::Args)]
+struct PrincipalArgs {
+    /// The principal's name (a token's `sub`).
+    #[arg(long)]
+    name: String,
+    /// Its tenant.
+    #[arg(long)]
+    tenant: String,
+    /// Tiers it may use (comma-separated); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    tiers: Option<Vec<String>>,
+}
+
+fn keygen(
+    PrincipalArgs {
+        name,
+        tenant,
+        tiers,
+    }: &PrincipalArgs,
+    admin: bool,
+) -> String {
     let key = sluice::auth::generate_key();
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut entry = format!(
@@ -127,14 +135,8 @@ fn main() -> anyhow::Result<()> {
         print!("{}", sluice::api::openapi_yaml());
         return Ok(());
     }
-    if let Command::Keygen {
-        name,
-        tenant,
-        tiers,
-        admin,
-    } = &cli.command
-    {
-        print!("{}", keygen(name, tenant, tiers.as_deref(), *admin));
+    if let Command::Keygen { who, admin } = &cli.command {
+        print!("{}", keygen(who, *admin));
         return Ok(());
     }
     let path = cli.config.or_else(|| {
@@ -143,14 +145,12 @@ fn main() -> anyhow::Result<()> {
     });
     let config = Config::load(path.as_deref()).context("configuration")?;
     let config_path = path.clone();
-    if let Command::Token {
-        name,
-        tenant,
-        tiers,
-        tier,
-        ttl,
-    } = &cli.command
-    {
+    if let Command::Token { who, tier, ttl } = &cli.command {
+        let PrincipalArgs {
+            name,
+            tenant,
+            tiers,
+        } = who;
         let jwt = config
             .auth
             .jwt

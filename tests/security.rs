@@ -156,6 +156,85 @@ async fn a_valid_jwt_acts_for_its_claims_and_open_routes_need_nothing(pool: PgPo
     }
 }
 
+/// Runs the `sluice` binary and returns what it printed; panics on failure.
+fn sluice_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sluice {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[sqlx::test]
+async fn keygen_and_token_print_credentials_the_api_accepts(pool: PgPool) {
+    // keygen: the key on its own line, then the entry to paste (which holds no key).
+    let printed = sluice_cli(&[
+        "keygen", "--name", "ci", "--tenant", "ops", "--tiers", "vip",
+    ]);
+    let key = printed
+        .lines()
+        .find(|l| l.starts_with("sk_"))
+        .unwrap()
+        .to_string();
+    let entry = &printed[printed.find("[[auth.api_keys]]").unwrap()..];
+    assert!(
+        !entry.contains(&key),
+        "the entry stores only a hash: {entry}"
+    );
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            tiers: vec!["default", "vip"],
+            workers: vec!["vip"],
+            auth_extra: entry.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, tiers) = h.as_principal(&key).get_json("/v1/tiers").await;
+    assert_eq!(status, StatusCode::OK, "{tiers}");
+    let names: Vec<&str> = tiers["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vip"], "{tiers}");
+
+    // token: signed with the configuration's secret, claims from the flags.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        config_toml(&pool, &Setup::default(), h.results_dir.path()),
+    )
+    .unwrap();
+    let token = sluice_cli(&[
+        "--config",
+        config.path().to_str().unwrap(),
+        "token",
+        "--name",
+        "etl",
+        "--tenant",
+        "ops",
+        "--tiers",
+        "vip",
+        "--tier",
+        "vip",
+    ]);
+    let api = h.as_principal(token.trim());
+    let id = api.submit_ok(json!({"sql": "SELECT 1"})).await;
+    let e = wait_status(&api, &id, "SUCCEEDED").await;
+    assert_eq!(
+        (&e["tenant"], &e["created_by"], &e["tier"]),
+        (&json!("ops"), &json!("etl"), &json!("vip")),
+        "{e}"
+    );
+    // The key's principal shares the tenant, so it sees the token's execution.
+    assert_eq!(h.as_principal(&key).get(&id).await["id"], json!(id));
+}
+
 #[sqlx::test]
 async fn tenants_never_see_or_share_each_others_executions(pool: PgPool) {
     let h = harness(pool).await;
