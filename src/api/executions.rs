@@ -360,7 +360,7 @@ pub async fn get(
 }
 
 /// List executions, newest first, with keyset pagination: the caller's tenant's, or
-/// every tenant's for an admin.
+/// every tenant's (or the one named by `tenant`) for an admin.
 #[utoipa::path(
     get,
     path = "/v1/executions",
@@ -405,10 +405,21 @@ pub async fn list(
             ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
         })?),
     };
+    // A scoped principal asking for another tenant gets what it would see of it: nothing.
+    let tenant = match (principal.scope(), p.tenant) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Ok(Json(ExecutionPage {
+                executions: vec![],
+                next_cursor: None,
+            }));
+        }
+        (Some(own), _) => Some(own.to_string()),
+        (None, asked) => asked,
+    };
     let mut rows = ctx
         .store
         .list(&ListFilter {
-            tenant: principal.scope().map(String::from),
+            tenant,
             query_id: p.query_id,
             status,
             tier: p.tier,

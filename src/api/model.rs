@@ -66,6 +66,9 @@ pub struct ListParams {
     /// PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED or EXPIRED.
     pub status: Option<String>,
     pub tier: Option<String>,
+    /// One tenant's executions (for admins; anyone else sees only their own tenant, so
+    /// another tenant's name gives an empty page).
+    pub tenant: Option<String>,
     /// Page size, 1 to `api.max_page_size` (default 100).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
