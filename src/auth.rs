@@ -190,6 +190,9 @@ struct Claims {
     quota_key: Option<String>,
     #[serde(default)]
     admin: bool,
+    /// Per-tenant caps for this principal, like an API key's `max_running`/`max_queued`.
+    max_running: Option<u32>,
+    max_queued: Option<u32>,
 }
 
 fn verify_jwt(token: &str, config: &JwtConfig, now: i64) -> Result<Principal, AuthError> {
@@ -259,8 +262,8 @@ fn verify_jwt(token: &str, config: &JwtConfig, now: i64) -> Result<Principal, Au
         tiers: claims.tiers,
         default_tier: claims.tier,
         admin: claims.admin,
-        max_running: None,
-        max_queued: None,
+        max_running: claims.max_running,
+        max_queued: claims.max_queued,
     })
 }
 
@@ -388,12 +391,15 @@ mod tests {
     fn tokens_round_trip_and_expire() {
         let secret = "0123456789abcdef0123456789abcdef";
         let token = sign_jwt(
-            &serde_json::json!({"sub": "svc", "tenant": "acme", "exp": 1000, "tier": "vip"}),
+            &serde_json::json!({
+                "sub": "svc", "tenant": "acme", "exp": 1000, "tier": "vip", "max_queued": 2,
+            }),
             secret,
         );
         let p = verify_jwt(&token, &jwt_config(secret), 999).unwrap();
         assert_eq!((p.name.as_str(), p.tenant.as_str()), ("svc", "acme"));
         assert_eq!(p.quota_key, "svc");
+        assert_eq!((p.max_queued, p.max_running), (Some(2), None));
         assert_eq!(p.default_tier.as_deref(), Some("vip"));
         assert_eq!(
             verify_jwt(&token, &jwt_config(secret), 1001),

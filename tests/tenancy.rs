@@ -166,6 +166,16 @@ async fn the_queue_cap_answers_429_with_retry_after(pool: PgPool) {
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
         .count();
     assert_eq!((created, refused), (2, 18), "{statuses:?}");
+
+    // A JWT's `max_queued` claim caps its principal like a key's setting.
+    let token = jwt(json!({
+        "sub": "etl", "tenant": "c", "max_queued": 1,
+        "exp": sluice::auth::unix_now() + 600,
+    }));
+    let c = h.as_principal(&token);
+    c.submit_ok(json!({"sql": "SELECT 1"})).await;
+    let (status, v) = c.submit(json!({"sql": "SELECT 2"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }
 
 #[sqlx::test]
