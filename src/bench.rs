@@ -3,8 +3,10 @@
 //! It creates a scratch database (`<database>_bench`, dropped afterwards), starts a real
 //! `sluice api` and `sluice worker` as child processes of this binary (so the worker's
 //! memory is its own), and measures through the HTTP API:
-//! 1. pickup latency (`started_at - created_at`) with idle workers, p50 / p99;
-//! 2. end-to-end throughput of `SELECT <n>` executions at client concurrency 16;
+//! 1. pickup latency (`started_at - created_at`) with idle workers, p50 / p99, and the
+//!    run time (`finished_at - started_at`) of those trivial executions;
+//! 2. end-to-end throughput of `SELECT <n>` executions at client concurrency 16 (each
+//!    client submits, then long-polls until the end);
 //! 3. a ~1 GB result: time through Sluice (submit to SUCCEEDED) divided by the time of
 //!    `curl` downloading the same query directly, and the worker's peak RSS.
 //!
@@ -157,8 +159,11 @@ pub async fn run(
         opts.concurrency
     );
 
-    // 1. Pickup latency with idle workers: one execution at a time.
+    // 1. Pickup latency with idle workers: one execution at a time. The run time of the
+    //    same executions (started -> finished) is the worker's fixed cost per execution:
+    //    the ClickHouse round trips and the writes of the outcome.
     let mut pickups = Vec::with_capacity(opts.pickups);
+    let mut runs = Vec::with_capacity(opts.pickups);
     for i in 0..opts.pickups {
         let id = submit(
             &http,
@@ -167,23 +172,36 @@ pub async fn run(
             "JSONEachRow",
         )
         .await?;
-        wait_done(&http, &base, &id, Duration::from_millis(1)).await?;
-        let (created, started): (
+        wait_done(&http, &base, &id).await?;
+        type Times = (
             chrono::DateTime<chrono::Utc>,
             Option<chrono::DateTime<chrono::Utc>>,
-        ) = sqlx::query_as("SELECT created_at, started_at FROM executions WHERE id = $1")
-            .bind(id)
-            .fetch_one(store.pool())
-            .await?;
+            Option<chrono::DateTime<chrono::Utc>>,
+        );
+        let (created, started, finished): Times = sqlx::query_as(
+            "SELECT created_at, started_at, finished_at FROM executions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(store.pool())
+        .await?;
         let started = started.ok_or_else(|| failed("no started_at"))?;
-        pickups.push((started - created).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        let finished = finished.ok_or_else(|| failed("no finished_at"))?;
+        let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        pickups.push(ms(started - created));
+        runs.push(ms(finished - started));
     }
     pickups.sort_by(f64::total_cmp);
+    runs.sort_by(f64::total_cmp);
     println!(
         "pickup latency (created -> started), {} executions, idle workers: p50 {:.2} ms, p99 {:.2} ms",
         pickups.len(),
         percentile(&pickups, 0.50),
         percentile(&pickups, 0.99)
+    );
+    println!(
+        "run time of the same (started -> finished): p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&runs, 0.50),
+        percentile(&runs, 0.99)
     );
 
     // 2. Throughput of trivial executions at client concurrency N.
@@ -196,7 +214,7 @@ pub async fn run(
             for i in 0..per_client {
                 let sql = format!("SELECT {} AS n", 1_000_000 + c * per_client + i);
                 let id = submit(&http, &base, &sql, "JSONEachRow").await?;
-                wait_done(&http, &base, &id, Duration::from_millis(2)).await?;
+                wait_done(&http, &base, &id).await?;
             }
             Ok::<(), BenchError>(())
         }
@@ -223,7 +241,7 @@ pub async fn run(
     let cpu_before = cpu_seconds(worker_pid)?;
     let started = Instant::now();
     let id = submit(&http, &base, &sql, "JSONEachRow").await?;
-    let e = wait_done(&http, &base, &id, Duration::from_millis(10)).await?;
+    let e = wait_done(&http, &base, &id).await?;
     let through_sluice = started.elapsed();
     let bytes = e["result"]["bytes"].as_u64().unwrap_or(0);
     println!(
@@ -296,25 +314,20 @@ async fn submit(
         .ok_or_else(|| failed(format!("submit failed: {r}")))
 }
 
-async fn wait_done(
-    http: &reqwest::Client,
-    base: &str,
-    id: &Uuid,
-    every: Duration,
-) -> Result<Value, BenchError> {
+/// Long-polls the execution until it ends (a tight polling loop would take CPU from
+/// the processes being measured).
+async fn wait_done(http: &reqwest::Client, base: &str, id: &Uuid) -> Result<Value, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let e: Value = http
-            .get(format!("{base}/v1/executions/{id}"))
+            .get(format!("{base}/v1/executions/{id}?wait=30"))
             .send()
             .await?
             .json()
             .await?;
         match e["status"].as_str() {
             Some("SUCCEEDED") => return Ok(e),
-            Some("PENDING" | "RUNNING") if Instant::now() < deadline => {
-                tokio::time::sleep(every).await
-            }
+            Some("PENDING" | "RUNNING") if Instant::now() < deadline => {}
             _ => return Err(failed(format!("execution {id} did not succeed: {e}"))),
         }
     }

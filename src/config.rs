@@ -82,6 +82,9 @@ pub struct ApiConfig {
     /// `Retry-After` of a 429 (queue cap reached).
     #[serde(default = "default_retry_after", with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Longest long poll (`?wait=N` seconds on get and submit) a client may ask for.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +95,7 @@ impl Default for ApiConfig {
             max_page_size: default_max_page_size(),
             public_url: None,
             retry_after: default_retry_after(),
+            max_wait: default_max_wait(),
         }
     }
 }
@@ -495,6 +499,9 @@ fn default_client_settings() -> Vec<String> {
 }
 fn default_retry_after() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_link_max_ttl() -> Duration {
     Duration::from_secs(24 * 3600)

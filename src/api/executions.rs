@@ -2,6 +2,7 @@
 //! before anything reaches the store, so every bad input gets a 400 that names it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -14,8 +15,8 @@ use super::ApiContext;
 use super::auth::check_tier;
 use super::error::{ApiError, ErrorBody};
 use super::model::{
-    ExecutionPage, ExecutionView, ListParams, SubmitOutcome, SubmitParams, SubmitRequest,
-    SubmitResponse,
+    ExecutionPage, ExecutionView, GetParams, ListParams, SubmitOutcome, SubmitParams,
+    SubmitRequest, SubmitResponse,
 };
 use crate::auth::Principal;
 use crate::config::valid_setting_name;
@@ -31,7 +32,9 @@ const MAX_QUERY_ID_LEN: usize = 256;
 /// Submit SQL for execution.
 ///
 /// The body is either JSON (`SubmitRequest`) or the SQL itself as `text/plain`, with
-/// `tier`, `format`, `query_id` and `priority` in the query string.
+/// `tier`, `format`, `query_id` and `priority` in the query string. With `?wait=N` the
+/// answer is held until the execution ends or N seconds pass: a short query's result is
+/// one request away.
 #[utoipa::path(
     post,
     path = "/v1/executions",
@@ -72,6 +75,7 @@ pub async fn submit(
     })?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let wait = wait_duration(&ctx, params.wait)?;
     let request = parse_submission(&headers, &body, params)?;
     let new = validate(&ctx, &principal, request)?;
     let (status, outcome, superseded, execution) = match ctx.store.submit(&new).await? {
@@ -105,6 +109,20 @@ pub async fn submit(
         outcome = ?outcome,
         "submitted"
     );
+    let execution = match wait {
+        Some(wait) if !execution.status.is_terminal() => ctx
+            .finishes
+            .wait(
+                &ctx.store,
+                execution.id,
+                principal.scope(),
+                wait,
+                &ctx.shutdown,
+            )
+            .await?
+            .unwrap_or(execution),
+        _ => execution,
+    };
     Ok((
         status,
         Json(SubmitResponse {
@@ -149,7 +167,8 @@ fn parse_submission(
             {
                 return Err(ApiError::bad_request(
                     "invalid_query",
-                    "with a JSON body, put tier, query_id, format and priority in the body",
+                    "with a JSON body, put tier, query_id, format and priority in the body \
+                     (only `wait` goes in the query string)",
                 ));
             }
             serde_json::from_slice(body).map_err(|e| {
@@ -332,14 +351,31 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no execution with id `{id}`")))
 }
 
+/// `?wait=N`: how long to long-poll, or `None` for an immediate answer.
+fn wait_duration(ctx: &ApiContext, wait: Option<u32>) -> Result<Option<Duration>, ApiError> {
+    let max = ctx.config.api.max_wait.as_secs();
+    match wait {
+        None | Some(0) => Ok(None),
+        Some(n) if u64::from(n) <= max => Ok(Some(Duration::from_secs(u64::from(n)))),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("wait={n} is over the longest long poll, {max} seconds (api.max_wait)"),
+        )),
+    }
+}
+
 /// Get one execution: status, timings, progress, result metadata, error.
+///
+/// With `?wait=N` the answer is held until the execution ends or N seconds pass, so a
+/// client learns of the end at once without polling.
 #[utoipa::path(
     get,
     path = "/v1/executions/{id}",
     tag = "executions",
-    params(("id" = String, Path, description = "Execution id")),
+    params(("id" = String, Path, description = "Execution id"), GetParams),
     responses(
         (status = 200, body = ExecutionView),
+        (status = 400, description = "Invalid `wait`", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
     ),
@@ -349,13 +385,21 @@ pub async fn get(
     State(ctx): State<ApiContext>,
     principal: Principal,
     Path(id): Path<String>,
+    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ExecutionView>, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let wait = wait_duration(&ctx, params.wait)?;
     let uuid = parse_id(&id)?;
-    let execution = ctx
-        .store
-        .get(uuid, principal.scope())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))?;
+    let execution = match wait {
+        None => ctx.store.get(uuid, principal.scope()).await?,
+        Some(wait) => {
+            ctx.finishes
+                .wait(&ctx.store, uuid, principal.scope(), wait, &ctx.shutdown)
+                .await?
+        }
+    }
+    .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))?;
     Ok(Json(execution.into()))
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod executions;
 pub mod model;
 pub mod results;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -41,6 +42,10 @@ pub struct ApiContext {
     pub results: ResultStore,
     pub auth: Arc<Authenticator>,
     pub links: LinkSigner,
+    /// Requests long-polling an execution (`?wait=N`).
+    pub finishes: Arc<wait::Finishes>,
+    /// Fires when the server stops; long polls answer at once then.
+    pub shutdown: CancellationToken,
 }
 
 impl ApiContext {
@@ -54,6 +59,8 @@ impl ApiContext {
         ApiContext {
             auth: Arc::new(Authenticator::new(&config.auth)),
             links: LinkSigner::new(config.results.link_secret.as_deref()),
+            finishes: Arc::default(),
+            shutdown: CancellationToken::new(),
             config,
             store,
             results,
@@ -241,13 +248,20 @@ pub async fn metrics(
     ))
 }
 
-/// Serves until `shutdown` fires, then finishes in-flight requests.
+/// Serves until `shutdown` fires, then finishes in-flight requests (long polls answer at
+/// once). Also listens for finished executions, to wake long polls.
 pub async fn serve(
     listener: TcpListener,
-    ctx: ApiContext,
+    mut ctx: ApiContext,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "api listening");
+    ctx.shutdown = shutdown.clone();
+    tokio::spawn(
+        ctx.finishes
+            .clone()
+            .listen(ctx.store.clone(), shutdown.clone()),
+    );
     axum::serve(listener, router(ctx))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -46,7 +46,8 @@ pub struct SubmitRequest {
     pub parameters: Option<BTreeMap<String, serde_json::Value>>,
 }
 
-/// Query string of `POST /v1/executions` when the body is `text/plain` SQL.
+/// Query string of `POST /v1/executions`: `wait` always; the others only when the body
+/// is `text/plain` SQL (a JSON body carries them itself).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +56,19 @@ pub struct SubmitParams {
     pub query_id: Option<String>,
     pub format: Option<String>,
     pub priority: Option<i16>,
+    /// Seconds (up to `api.max_wait`) to hold the answer until the execution ends; the
+    /// execution in the answer is then its final state (or its state when time ran out).
+    pub wait: Option<u32>,
+}
+
+/// Query string of `GET /v1/executions/{id}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    /// Seconds (up to `api.max_wait`) to hold the answer until the execution ends
+    /// (SUCCEEDED, FAILED or CANCELED); the answer comes as soon as it does.
+    pub wait: Option<u32>,
 }
 
 /// Query string of `GET /v1/executions`.

@@ -28,6 +28,9 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 pub const WORK_CHANNEL: &str = "sluice_work";
 /// NOTIFY channel the api signals when a RUNNING execution must stop; the payload is its id.
 pub const CANCEL_CHANNEL: &str = "sluice_cancel";
+/// NOTIFY channel a trigger (migration 0004) signals when an execution ends (SUCCEEDED,
+/// FAILED or CANCELED); the payload is its id. Long polls in the api wait on it.
+pub const FINISHED_CHANNEL: &str = "sluice_finished";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

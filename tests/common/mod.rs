@@ -169,6 +169,8 @@ pub struct Harness {
     pub shutdown: CancellationToken,
     pub worker_stats: Vec<std::sync::Arc<WorkerStats>>,
     pub results_dir: tempfile::TempDir,
+    /// The api's long polls in progress.
+    pub finishes: std::sync::Arc<sluice::api::wait::Finishes>,
     tasks: Vec<JoinHandle<()>>,
     worker_shutdowns: Vec<CancellationToken>,
 }
@@ -267,6 +269,7 @@ impl Harness {
             store.clone(),
             results.clone(),
         );
+        let finishes = ctx.finishes.clone();
         let api_shutdown = shutdown.clone();
         let mut tasks = vec![tokio::spawn(async move {
             api::serve(listener, ctx, api_shutdown).await.unwrap();
@@ -293,6 +296,7 @@ impl Harness {
             shutdown,
             worker_stats,
             results_dir,
+            finishes,
             tasks,
             worker_shutdowns,
         }
