@@ -213,7 +213,7 @@ impl Worker {
         }
     }
 
-    /// Describe, run and store. Leaves an unfinished writer in `writer` so the caller
+    /// Run and store, with DESCRIBE beside the query. Leaves an unfinished writer in `writer` so the caller
     /// can abort it whatever happens, including when this future is dropped.
     async fn produce(
         &self,
@@ -256,48 +256,63 @@ impl Worker {
         }
         // DESCRIBE only works on statements that return rows; others (CREATE, INSERT on
         // a writable tier) have no columns.
-        let columns = if returns_rows(&execution.sql) {
-            match self.engine.describe(query).await {
-                Ok(c) => c,
-                Err(e) => return engine_outcome(e),
+        let describe = async {
+            if returns_rows(&execution.sql) {
+                self.engine.describe(query).await
+            } else {
+                Ok(Vec::new())
             }
-        } else {
-            Vec::new()
         };
-
         let key = self.results.key(execution.id, execution.attempt, format);
-        let mut stream = match self.engine.stream(query, query_id).await {
-            Ok(s) => s,
+        let run = async {
+            let mut stream = self
+                .engine
+                .stream(query, query_id)
+                .await
+                .map_err(engine_outcome)?;
+            node.store(stream.node(), Ordering::Relaxed);
+            let w = writer.insert(self.results.writer(&key));
+            let mut tail = Tail::default();
+            let mut rows = RowCounter::new(format.row_counting());
+            loop {
+                let chunk = match stream.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    // 25.11+ servers end the body right after a tagged exception, without
+                    // the closing chunk: the exception, if there is one, is the real error.
+                    Err(e) => {
+                        let e = match tail.exception(stream.exception_tag()) {
+                            Some(x) => EngineError::Server(x),
+                            None => e,
+                        };
+                        return Err(engine_outcome(redact(e, query)));
+                    }
+                };
+                rows.feed(&chunk);
+                tail.push(chunk.clone());
+                w.write(chunk)
+                    .await
+                    .map_err(|e| Outcome::Failed(storage_error(e)))?;
+                result_bytes.store(w.bytes_written(), Ordering::Relaxed);
+            }
+            if let Some(e) = tail.exception(stream.exception_tag()) {
+                return Err(engine_outcome(redact(EngineError::Server(e), query)));
+            }
+            Ok((rows, tail))
+        };
+        // DESCRIBE runs beside the query rather than before it: its round trip was most
+        // of a short execution's run time. When both fail (bad SQL), the query's own error
+        // is the one reported; a DESCRIBE that fails alone fails the attempt, and the
+        // caller aborts the result written meanwhile.
+        let (columns, ran) = tokio::join!(describe, run);
+        let (rows, tail) = match ran {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let columns = match columns {
+            Ok(c) => c,
             Err(e) => return engine_outcome(e),
         };
-        node.store(stream.node(), Ordering::Relaxed);
-        let w = writer.insert(self.results.writer(&key));
-        let mut tail = Tail::default();
-        let mut rows = RowCounter::new(format.row_counting());
-        loop {
-            let chunk = match stream.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                // 25.11+ servers end the body right after a tagged exception, without the
-                // closing chunk: the exception, if there is one, is the real error.
-                Err(e) => {
-                    let e = match tail.exception(stream.exception_tag()) {
-                        Some(x) => EngineError::Server(x),
-                        None => e,
-                    };
-                    return engine_outcome(redact(e, query));
-                }
-            };
-            rows.feed(&chunk);
-            tail.push(chunk.clone());
-            if let Err(e) = w.write(chunk).await {
-                return Outcome::Failed(storage_error(e));
-            }
-            result_bytes.store(w.bytes_written(), Ordering::Relaxed);
-        }
-        if let Some(e) = tail.exception(stream.exception_tag()) {
-            return engine_outcome(redact(EngineError::Server(e), query));
-        }
         let Some(w) = writer.take() else {
             return Outcome::Failed(storage_error(ResultsError::NotFound(key)));
         };
