@@ -14,6 +14,16 @@ use sqlx::PgPool;
 /// shorter than the `wait` the requests ask for.
 const HANG: Duration = Duration::from_secs(20);
 
+/// `GET /v1/executions/{id}?wait=60` in a task of its own.
+fn spawn_long_poll(
+    h: &Harness,
+    id: &str,
+) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
+    let api = h.as_principal(TEST_KEY);
+    let path = format!("/v1/executions/{id}?wait=60");
+    tokio::spawn(async move { api.get_json(&path).await })
+}
+
 #[sqlx::test]
 async fn a_submit_with_wait_answers_with_the_finished_execution(pool: PgPool) {
     let h = Harness::start(pool).await;
@@ -80,11 +90,7 @@ async fn a_cancel_ends_a_long_poll_and_the_end_is_notified(pool: PgPool) {
         .listener(&[sluice::store::FINISHED_CHANNEL])
         .await
         .unwrap();
-    let poll = {
-        let api = h.as_principal(TEST_KEY);
-        let id = id.clone();
-        tokio::spawn(async move { api.get_json(&format!("/v1/executions/{id}?wait=60")).await })
-    };
+    let poll = spawn_long_poll(&h, &id);
     let (status, v) = h.cancel(&id).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let (status, e) = tokio::time::timeout(HANG, poll)
@@ -104,11 +110,7 @@ async fn a_cancel_ends_a_long_poll_and_the_end_is_notified(pool: PgPool) {
 async fn a_stopping_server_answers_its_long_polls(pool: PgPool) {
     let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({"sql": "SELECT 1"})).await;
-    let poll = {
-        let api = h.as_principal(TEST_KEY);
-        let id = id.clone();
-        tokio::spawn(async move { api.get_json(&format!("/v1/executions/{id}?wait=60")).await })
-    };
+    let poll = spawn_long_poll(&h, &id);
     // Give the request time to reach its wait; it answers either way.
     eventually(HANG, "the long poll is waiting", || async {
         !h.finishes.is_empty()
