@@ -228,7 +228,7 @@ impl Default for BookkeeperConfig {
 
 /// Authentication. Every `/v1` route needs `Authorization: Bearer <credential>`, where
 /// the credential is an API key listed here (by its sha256) or a JWT signed with
-/// `jwt.secret`.
+/// `jwt.secret` or with a key of `jwt.jwks_url`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -269,13 +269,26 @@ pub struct ApiKeyConfig {
     pub max_queued: Option<u32>,
 }
 
-/// JWT bearer tokens, HS256. Claims: `sub` (principal), `tenant`, `exp` (required);
-/// `tiers` (allowed tiers), `tier` (default tier), `quota_key`, `admin` (optional).
+/// JWT bearer tokens: HS256 with `secret`; RS256/RS384/RS512, PS256/PS384/PS512,
+/// ES256/ES384 or EdDSA with the keys an identity provider publishes at `jwks_url`; at
+/// least one of the two.
+/// Claims: `sub` (principal), `tenant`, `exp` (required); `tiers` (allowed tiers), `tier`
+/// (default tier), `quota_key`, `admin`, `max_running`, `max_queued` (optional).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// The HMAC key, at least 32 bytes.
-    pub secret: String,
+    /// The HMAC key of HS256 tokens, at least 32 bytes; HS256 is refused when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The JWKS document (RFC 7517) whose keys check asymmetric tokens, e.g.
+    /// `https://idp.example.com/.well-known/jwks.json`; asymmetric tokens are refused when
+    /// absent.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How long fetched keys are used before the document is fetched again. A token
+    /// naming a `kid` the held keys lack also fetches it (at most every 2 seconds).
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     /// Required `iss` claim, when set.
     #[serde(default)]
     pub issuer: Option<String>,
@@ -509,6 +522,10 @@ fn default_link_max_ttl() -> Duration {
 fn default_link_ttl() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
 fn default_jwt_leeway() -> Duration {
     Duration::from_secs(30)
 }
@@ -696,10 +713,24 @@ impl Config {
                 }
             }
         }
-        if let Some(jwt) = &self.auth.jwt
-            && jwt.secret.len() < 32
-        {
-            return Err(invalid("auth.jwt.secret", "must be at least 32 bytes"));
+        if let Some(jwt) = &self.auth.jwt {
+            if jwt.secret.as_ref().is_some_and(|s| s.len() < 32) {
+                return Err(invalid("auth.jwt.secret", "must be at least 32 bytes"));
+            }
+            if let Some(url) = &jwt.jwks_url
+                && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            {
+                return Err(invalid("auth.jwt.jwks_url", "must be an http or https URL"));
+            }
+            if jwt.secret.is_none() && jwt.jwks_url.is_none() {
+                return Err(invalid(
+                    "auth.jwt",
+                    "needs `secret` (HS256) or `jwks_url` (RS256, ES256, EdDSA), or both",
+                ));
+            }
+            if jwt.jwks_refresh < Duration::from_secs(1) {
+                return Err(invalid("auth.jwt.jwks_refresh", "must be at least 1s"));
+            }
         }
         Ok(())
     }
@@ -856,6 +887,20 @@ mod tests {
         let bad = format!("{MINIMAL}\nsettings = {{ query_id = \"x\" }}\n");
         let e = Config::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("tiers.default.settings.query_id"), "{e}");
+
+        for (jwt, key) in [
+            ("leeway = \"1s\"", "auth.jwt"),
+            ("secret = \"short\"", "auth.jwt.secret"),
+            ("jwks_url = \"ftp://idp/keys\"", "auth.jwt.jwks_url"),
+            (
+                "jwks_url = \"http://idp/k\"\njwks_refresh = \"0s\"",
+                "auth.jwt.jwks_refresh",
+            ),
+        ] {
+            let bad = format!("{MINIMAL}\n[auth.jwt]\n{jwt}\n");
+            let e = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`:")), "{jwt}: {e}");
+        }
     }
 
     #[test]

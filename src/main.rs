@@ -151,10 +151,9 @@ fn main() -> anyhow::Result<()> {
             tenant,
             tiers,
         } = who;
-        let jwt = config
-            .auth
-            .jwt
-            .as_ref()
+        let jwt = config.auth.jwt.as_ref();
+        let secret = jwt
+            .and_then(|j| j.secret.as_deref())
             .context("`sluice token` needs [auth.jwt] secret in the configuration")?;
         let mut claims = serde_json::json!({
             "sub": name,
@@ -167,13 +166,13 @@ fn main() -> anyhow::Result<()> {
         if let Some(t) = tier {
             claims["tier"] = serde_json::json!(t);
         }
-        if let Some(iss) = &jwt.issuer {
+        if let Some(iss) = jwt.and_then(|j| j.issuer.as_ref()) {
             claims["iss"] = serde_json::json!(iss);
         }
-        if let Some(aud) = &jwt.audience {
+        if let Some(aud) = jwt.and_then(|j| j.audience.as_ref()) {
             claims["aud"] = serde_json::json!(aud);
         }
-        println!("{}", sluice::auth::sign_jwt(&claims, &jwt.secret));
+        println!("{}", sluice::auth::sign_jwt(&claims, secret));
         return Ok(());
     }
 

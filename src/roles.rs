@@ -32,6 +32,8 @@ pub enum RoleError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
     #[error("a role task failed: {0}")]
@@ -64,7 +66,7 @@ async fn serve_api(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| RoleError::Listen { addr, source })?;
-    let ctx = ApiContext::new(Arc::new(config), store, results);
+    let ctx = ApiContext::new(Arc::new(config), store, results)?;
     api::serve(listener, ctx, shutdown)
         .await
         .map_err(RoleError::Serve)

@@ -320,7 +320,8 @@ async fn the_api_answers_503_while_postgres_is_unreachable() {
         std::sync::Arc::new(config),
         sluice::store::Store::from_pool(pool),
         sluice::results::ResultStore::new(&results_config).unwrap(),
-    );
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();

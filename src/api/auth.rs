@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 
 use super::ApiContext;
 use super::error::ApiError;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 
 impl FromRequestParts<ApiContext> for Principal {
     type Rejection = ApiError;
@@ -22,14 +22,17 @@ impl FromRequestParts<ApiContext> for Principal {
             None => None,
             Some(v) => Some(
                 v.to_str()
-                    .map_err(|_| ApiError::Unauthorized(crate::auth::AuthError::Malformed))?,
+                    .map_err(|_| ApiError::Unauthorized(AuthError::Malformed))?,
             ),
         };
-        let principal = ctx.auth.authenticate(header).map_err(|e| {
-            tracing::info!(code = e.code(), "authentication failed");
-            ApiError::Unauthorized(e)
-        })?;
-        Ok(principal)
+        ctx.auth.authenticate(header).await.map_err(|e| match e {
+            // Not the caller's fault: the token may be fine once the keys can be had.
+            AuthError::KeysUnavailable(m) => ApiError::Unavailable(m),
+            e => {
+                tracing::info!(code = e.code(), "authentication failed");
+                ApiError::Unauthorized(e)
+            }
+        })
     }
 }
 

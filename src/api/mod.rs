@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{Authenticator, LinkSigner, Principal};
+use crate::auth::{AuthError, Authenticator, LinkSigner, Principal};
 use crate::config::{Bounds, Config};
 use crate::results::ResultStore;
 use crate::store::Store;
@@ -49,22 +49,26 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
-    pub fn new(config: Arc<Config>, store: Store, results: ResultStore) -> ApiContext {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        results: ResultStore,
+    ) -> Result<ApiContext, AuthError> {
         if config.results.link_secret.is_none() {
             tracing::warn!(
                 "results.link_secret is not set: result links of a local store are signed \
                  with a key private to this process"
             );
         }
-        ApiContext {
-            auth: Arc::new(Authenticator::new(&config.auth)),
+        Ok(ApiContext {
+            auth: Arc::new(Authenticator::new(&config.auth)?),
             links: LinkSigner::new(config.results.link_secret.as_deref()),
             finishes: Arc::default(),
             shutdown: CancellationToken::new(),
             config,
             store,
             results,
-        }
+        })
     }
 }
 
@@ -80,7 +84,7 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 Http::builder()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key (`sk_...`) or an HS256 JWT"))
+                    .description(Some("An API key (`sk_...`) or a JWT (HS256, or signed by a key of the configured JWKS)"))
                     .build(),
             ),
         );

@@ -110,6 +110,8 @@ pub struct Setup {
     pub clickhouse_url: Option<String>,
     /// More `[[auth.api_keys]]` entries (see [`key_entry`]).
     pub auth_extra: String,
+    /// More lines of `[auth.jwt]` (which always has the [`JWT_SECRET`]).
+    pub jwt_extra: String,
 }
 
 /// The API key every harness request sends unless a test picks another principal:
@@ -155,6 +157,7 @@ impl Default for Setup {
             worker_extra: String::new(),
             clickhouse_url: None,
             auth_extra: String::new(),
+            jwt_extra: String::new(),
         }
     }
 }
@@ -210,7 +213,8 @@ pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) 
     ));
     toml.push_str(&setup.extra);
     toml.push_str(&format!(
-        "[auth.jwt]\nsecret = \"{JWT_SECRET}\"\nleeway = \"0s\"\n{}{}",
+        "[auth.jwt]\nsecret = \"{JWT_SECRET}\"\nleeway = \"0s\"\n{}\n{}{}",
+        setup.jwt_extra,
         key_entry("tester", TEST_KEY, "default", ""),
         setup.auth_extra
     ));
@@ -268,7 +272,8 @@ impl Harness {
             std::sync::Arc::new(config.clone()),
             store.clone(),
             results.clone(),
-        );
+        )
+        .unwrap();
         let finishes = ctx.finishes.clone();
         let api_shutdown = shutdown.clone();
         let mut tasks = vec![tokio::spawn(async move {
