@@ -189,11 +189,18 @@ async fn tokens_of_every_asymmetric_algorithm_check_out_against_the_providers_ke
         Signer::es384(),
         Signer::eddsa(),
     ];
-    let keys = signers
+    let mut keys: Vec<Value> = signers
         .iter()
         .enumerate()
         .map(|(i, s)| s.jwk(&format!("k{i}")))
         .collect();
+    // The RSA key again, its modulus with the leading zero octet some providers send.
+    let mut padded = signers[0].jwk("padded");
+    let n = URL_SAFE_NO_PAD
+        .decode(padded["n"].as_str().unwrap())
+        .unwrap();
+    padded["n"] = json!(URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat()));
+    keys.push(padded);
     let provider = Provider::start(keys).await;
     let h = harness(pool, &provider, "10m").await;
 
@@ -218,6 +225,10 @@ async fn tokens_of_every_asymmetric_algorithm_check_out_against_the_providers_ke
             s.alg()
         );
     }
+    assert_eq!(
+        list_as(&h, &signers[0].token("padded", "svc")).await.0,
+        StatusCode::OK
+    );
     assert_eq!(
         provider.fetches.load(Ordering::SeqCst),
         1,

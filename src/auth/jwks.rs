@@ -174,9 +174,10 @@ fn usable(raw: RawJwk) -> Option<Jwk> {
     let b64 = |v: &Option<String>| URL_SAFE_NO_PAD.decode(v.as_deref()?).ok();
     let point = |x: Vec<u8>, y: Vec<u8>| [&[4u8][..], &x, &y].concat();
     let key = match (raw.kty.as_str(), raw.crv.as_deref()) {
+        // RFC 7518 forbids leading zero octets in `n` and `e`; some providers send one.
         ("RSA", _) => PublicKey::Rsa {
-            n: b64(&raw.n)?,
-            e: b64(&raw.e)?,
+            n: unsigned(b64(&raw.n)?),
+            e: unsigned(b64(&raw.e)?),
         },
         ("EC", Some("P-256")) => PublicKey::P256(point(b64(&raw.x)?, b64(&raw.y)?)),
         ("EC", Some("P-384")) => PublicKey::P384(point(b64(&raw.x)?, b64(&raw.y)?)),
@@ -188,6 +189,13 @@ fn usable(raw: RawJwk) -> Option<Jwk> {
         alg: raw.alg,
         key,
     })
+}
+
+/// A big-endian integer without leading zero octets.
+fn unsigned(mut bytes: Vec<u8>) -> Vec<u8> {
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    bytes.drain(..zeros);
+    bytes
 }
 
 /// The provider's keys, fetched from `url` and held between fetches.
