@@ -5,7 +5,8 @@
 //! `auth.jwt.jwks_refresh` (so a key the provider withdrew stops being accepted), and
 //! again when a token names a `kid` the held keys lack (a rotation). Fetches happen at
 //! most once per [`MIN_REFETCH`], one at a time, so tokens with made-up `kid`s cannot
-//! flood the provider. A failed fetch keeps the keys held; with none held the caller
+//! flood the provider. A refresh runs behind the request that noticed it; only a request
+//! no held key can answer waits for the fetch. A failed fetch keeps the keys held; with none held the caller
 //! gets [`AuthError::KeysUnavailable`] (503), not a 401 that would blame the token.
 //!
 //! Entries of other key types, of other curves or marked `"use": "enc"` are skipped,
@@ -241,7 +242,7 @@ impl Jwks {
     /// (named `alg_name` in its header) and `kid`, fetching the document first when it
     /// is due.
     pub async fn verify(
-        &self,
+        self: &Arc<Self>,
         kid: Option<&str>,
         alg_name: &str,
         alg: Algorithm,
@@ -249,13 +250,19 @@ impl Jwks {
         signature: &[u8],
     ) -> Result<(), AuthError> {
         let fits = |k: &&Jwk| k.fits(kid, alg_name, alg);
-        let due = {
+        let (due, held_fits) = {
             let held = self.held();
             let stale = held.fetched.is_none_or(|t| t.elapsed() >= self.refresh);
             let may = held.tried.is_none_or(|t| t.elapsed() >= MIN_REFETCH);
-            may && (stale || !held.keys.iter().any(|k| fits(&k)))
+            let held_fits = held.keys.iter().any(|k| fits(&k));
+            (may && (stale || !held_fits), held_fits)
         };
-        if due {
+        if due && held_fits {
+            // A refresh: the keys held answer this request, so a slow provider never
+            // holds it up.
+            let jwks = Arc::clone(self);
+            tokio::spawn(async move { jwks.fetch().await });
+        } else if due {
             self.fetch().await;
         }
         let keys = {

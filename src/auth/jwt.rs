@@ -11,6 +11,8 @@
 //! configured, `leeway` tolerated on both times. Claims: `sub`, `tenant` (required),
 //! `tiers`, `tier`, `quota_key`, `admin`, `max_running`, `max_queued`.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
@@ -58,13 +60,13 @@ struct Claims {
 /// Checks JWTs against `auth.jwt`: the HS256 secret, the provider's key set, or both.
 pub struct JwtVerifier {
     config: JwtConfig,
-    jwks: Option<Jwks>,
+    jwks: Option<Arc<Jwks>>,
 }
 
 impl JwtVerifier {
     pub fn new(config: &JwtConfig) -> Result<JwtVerifier, AuthError> {
         let jwks = match &config.jwks_url {
-            Some(url) => Some(Jwks::new(url, config.jwks_refresh)?),
+            Some(url) => Some(Arc::new(Jwks::new(url, config.jwks_refresh)?)),
             None => None,
         };
         Ok(JwtVerifier {
