@@ -63,6 +63,20 @@ impl Algorithm {
         })
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
     fn rsa(self) -> Option<&'static sig::RsaParameters> {
         Some(match self {
             Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
@@ -101,9 +115,9 @@ impl Jwk {
     /// Whether this key may check a token signed with `alg` and naming `kid`. The key
     /// type decides the algorithm family, so a token cannot pick an algorithm the key
     /// was not made for.
-    fn fits(&self, kid: Option<&str>, name: &str, alg: Algorithm) -> bool {
+    fn fits(&self, kid: Option<&str>, alg: Algorithm) -> bool {
         let kid_fits = kid.is_none_or(|k| self.kid.as_deref() == Some(k));
-        let alg_fits = self.alg.as_deref().is_none_or(|a| a == name);
+        let alg_fits = self.alg.as_deref().is_none_or(|a| a == alg.name());
         let type_fits = match self.key {
             PublicKey::Rsa { .. } => alg.rsa().is_some(),
             PublicKey::P256(_) => alg == Algorithm::ES256,
@@ -239,17 +253,15 @@ impl Jwks {
     }
 
     /// Checks `signature` over `message` with the held key(s) that fit the token's `alg`
-    /// (named `alg_name` in its header) and `kid`, fetching the document first when it
-    /// is due.
+    /// and `kid`, fetching the document first when it is due.
     pub async fn verify(
         self: &Arc<Self>,
         kid: Option<&str>,
-        alg_name: &str,
         alg: Algorithm,
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), AuthError> {
-        let fits = |k: &&Jwk| k.fits(kid, alg_name, alg);
+        let fits = |k: &&Jwk| k.fits(kid, alg);
         let (due, held_fits) = {
             let held = self.held();
             let stale = held.fetched.is_none_or(|t| t.elapsed() >= self.refresh);
@@ -278,7 +290,8 @@ impl Jwks {
         let mut fitting = keys.iter().filter(fits).peekable();
         if fitting.peek().is_none() {
             return Err(AuthError::InvalidToken(format!(
-                "no key of the provider fits the token (alg `{alg_name}`, kid `{}`)",
+                "no key of the provider fits the token (alg `{}`, kid `{}`)",
+                alg.name(),
                 kid.unwrap_or("none")
             )));
         }
@@ -361,21 +374,18 @@ mod tests {
                 e: vec![1],
             },
         };
-        assert!(rsa.fits(Some("r"), "RS256", Algorithm::RS256));
-        assert!(rsa.fits(None, "RS256", Algorithm::RS256));
-        assert!(!rsa.fits(Some("other"), "RS256", Algorithm::RS256));
-        assert!(
-            !rsa.fits(Some("r"), "RS512", Algorithm::RS512),
-            "alg pins it"
-        );
+        assert!(rsa.fits(Some("r"), Algorithm::RS256));
+        assert!(rsa.fits(None, Algorithm::RS256));
+        assert!(!rsa.fits(Some("other"), Algorithm::RS256));
+        assert!(!rsa.fits(Some("r"), Algorithm::RS512), "alg pins it");
         let ec = Jwk {
             kid: None,
             alg: None,
             key: PublicKey::P256(vec![4]),
         };
-        assert!(ec.fits(None, "ES256", Algorithm::ES256));
-        assert!(!ec.fits(None, "ES384", Algorithm::ES384));
-        assert!(!ec.fits(None, "RS256", Algorithm::RS256));
-        assert!(!ec.fits(Some("k"), "ES256", Algorithm::ES256));
+        assert!(ec.fits(None, Algorithm::ES256));
+        assert!(!ec.fits(None, Algorithm::ES384));
+        assert!(!ec.fits(None, Algorithm::RS256));
+        assert!(!ec.fits(Some("k"), Algorithm::ES256));
     }
 }

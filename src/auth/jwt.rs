@@ -101,14 +101,8 @@ impl JwtVerifier {
                     header.alg
                 ))
             })?;
-            jwks.verify(
-                header.kid.as_deref(),
-                &header.alg,
-                alg,
-                signed.as_bytes(),
-                &signature,
-            )
-            .await?;
+            jwks.verify(header.kid.as_deref(), alg, signed.as_bytes(), &signature)
+                .await?;
         }
         principal(payload, &self.config, now)
     }
