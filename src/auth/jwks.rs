@@ -6,8 +6,9 @@
 //! again when a token names a `kid` the held keys lack (a rotation). Fetches happen at
 //! most once per [`MIN_REFETCH`], one at a time, so tokens with made-up `kid`s cannot
 //! flood the provider. A refresh runs behind the request that noticed it; only a request
-//! no held key can answer waits for the fetch. A failed fetch keeps the keys held; with none held the caller
-//! gets [`AuthError::KeysUnavailable`] (503), not a 401 that would blame the token.
+//! no held key can answer waits for the fetch. A failed fetch keeps the keys held; with
+//! none held the caller gets [`AuthError::KeysUnavailable`] (503), not a 401 that would
+//! blame the token.
 //!
 //! Entries of other key types, of other curves or marked `"use": "enc"` are skipped,
 //! as providers publish encryption keys in the same document.
@@ -48,19 +49,21 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    /// The algorithm a JWS `alg` header names.
     pub fn parse(name: &str) -> Option<Algorithm> {
-        Some(match name {
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            "EdDSA" => Algorithm::EdDSA,
-            _ => return None,
-        })
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -91,7 +94,7 @@ impl Algorithm {
 }
 
 /// One usable public key of the set.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Jwk {
     kid: Option<String>,
     /// The one algorithm the key is for, when the document says.
@@ -99,7 +102,7 @@ pub struct Jwk {
     key: PublicKey,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum PublicKey {
     Rsa {
         n: Vec<u8>,
@@ -362,6 +365,16 @@ mod tests {
         assert_eq!(keys[0].kid.as_deref(), Some("ed"));
         assert!(parse(b"[]").is_err());
         assert!(parse(b"{\"issuer\": \"x\"}").is_err());
+    }
+
+    #[test]
+    fn every_algorithm_parses_from_its_name_and_nothing_else_does() {
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::parse(a.name()), Some(a));
+        }
+        for other in ["HS256", "none", "rs256", "ES512", ""] {
+            assert_eq!(Algorithm::parse(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -15,11 +15,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{KeyInit, Mac};
 use serde::Deserialize;
 
 use super::jwks::{Algorithm, Jwks};
-use super::{AuthError, HmacSha256, Principal, hmac_sha256};
+use super::{AuthError, Principal, hmac_sha256, hmac_sha256_matches};
 use crate::config::JwtConfig;
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +85,9 @@ impl JwtVerifier {
             let secret = self.config.secret.as_deref().ok_or_else(|| {
                 invalid("HS256 tokens are not accepted here (no auth.jwt.secret)")
             })?;
-            verify_hs256(signed, &signature, secret)?;
+            if !hmac_sha256_matches(secret.as_bytes(), signed.as_bytes(), &signature) {
+                return Err(AuthError::BadSignature);
+            }
         } else {
             let alg = Algorithm::parse(&header.alg).ok_or_else(|| {
                 AuthError::InvalidToken(format!(
@@ -121,15 +122,6 @@ fn split(token: &str) -> Result<(&str, &str, &str, &str), AuthError> {
         return Err(invalid("not a JWT"));
     }
     Ok((signed, header, payload, signature))
-}
-
-/// HMAC-SHA256 over the signed part, compared in constant time.
-fn verify_hs256(signed: &str, signature: &[u8], secret: &str) -> Result<(), AuthError> {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| invalid("unusable secret"))?;
-    mac.update(signed.as_bytes());
-    mac.verify_slice(signature)
-        .map_err(|_| AuthError::BadSignature)
 }
 
 /// The principal the claims of a token with a valid signature stand for.

@@ -2,11 +2,9 @@
 //! execution id, the result's object key and `expires`, so a link is bound to one result
 //! of one attempt and cannot be stretched or moved to another execution.
 
+use super::{hmac_sha256, hmac_sha256_matches};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{KeyInit, Mac};
-
-use super::{HmacSha256, hmac_sha256};
 
 /// Signs and checks result links of the local result store.
 #[derive(Clone)]
@@ -65,11 +63,10 @@ impl LinkSigner {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| LinkError::Forged)?;
-        let mut mac =
-            <HmacSha256 as KeyInit>::new_from_slice(&self.key).map_err(|_| LinkError::Forged)?;
-        mac.update(Self::message(id, object_key, expires).as_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| LinkError::Forged)?;
+        let message = Self::message(id, object_key, expires);
+        if !hmac_sha256_matches(&self.key, message.as_bytes(), &signature) {
+            return Err(LinkError::Forged);
+        }
         if now > expires {
             return Err(LinkError::Expired);
         }

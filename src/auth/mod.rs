@@ -165,11 +165,20 @@ pub fn unix_now() -> i64 {
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    hmac_of(key, message).finalize().into_bytes().to_vec()
+}
+
+/// Whether `signature` is the HMAC-SHA256 of `message`, compared in constant time.
+fn hmac_sha256_matches(key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    hmac_of(key, message).verify_slice(signature).is_ok()
+}
+
+fn hmac_of(key: &[u8], message: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length; this cannot fail.
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(message);
-    mac.finalize().into_bytes().to_vec()
+    mac
 }
 
 #[cfg(test)]
