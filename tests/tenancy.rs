@@ -427,4 +427,9 @@ async fn the_principals_quota_key_reaches_clickhouse(pool: PgPool) {
     .await;
     assert_eq!(quota_key.trim(), "team-carol");
     a.cancel(&id).await;
+    // Ending the test before the worker has killed it would leave the query running on
+    // the shared server for the rest of the suite.
+    a.wait_for(&id, &["CANCELED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(running_on_clickhouse(&query_id).await, 0);
 }
