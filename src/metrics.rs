@@ -16,8 +16,14 @@
 //!   `sluice_retries_total{tier}`, `sluice_reclaims_total{tier,status}`,
 //!   `sluice_expirations_total{tier}`, `sluice_result_bytes_total{tier}` counters
 //! - `sluice_execution_duration_seconds{tier,outcome}` histogram (claim to outcome)
+//! - `sluice_step_seconds{step}` summary: the time of each step of the hot path
+//!   (`submit`, `claim`, `clickhouse`, `describe`, `store_write`, `record`,
+//!   `complete_batch`); its `_count` and `_sum` say how often each step ran and how long
+//!   it took in all, which `sluice bench` turns into a per-execution breakdown
+//! - `sluice_completion_batch_rows` summary: completions written per statement
 
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -49,6 +55,12 @@ pub fn handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Records one step of the hot path that began at `started` (see the module comment).
+pub fn step(step: &'static str, started: Instant) {
+    metrics::histogram!("sluice_step_seconds", "step" => step)
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// The Prometheus text: the queue read from Postgres now (every configured tier and

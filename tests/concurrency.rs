@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use sluice::results::ResultStore;
 use sqlx::PgPool;
 
 #[sqlx::test(migrations = "./migrations")]
@@ -52,10 +53,10 @@ async fn eight_workers_run_500_executions_exactly_once(pool: PgPool) {
     assert_eq!(keys.len(), 500);
     let owners: HashSet<_> = keys
         .iter()
-        .map(|k| k.split('/').nth(1).unwrap().to_string())
+        .map(|k| ResultStore::execution_of(k).unwrap())
         .collect();
     assert_eq!(owners.len(), 500);
-    assert!(keys.iter().all(|k| k.ends_with("/1.ndjson")), "{keys:?}");
+    assert!(keys.iter().all(|k| k.ends_with(".1.ndjson")), "{keys:?}");
     // Each result holds its own row.
     let (_, _, body) = h.download(&ids[123]).await;
     assert_eq!(body, b"{\"i\":123}\n");
@@ -186,4 +187,59 @@ async fn superseding_a_running_execution_kills_its_query(pool: PgPool) {
         },
     )
     .await;
+}
+
+/// A backlog runs at the tier's full concurrency, all the way through: 60 executions of
+/// about a second each on 8 slots. Read from the executions' own `started_at` and
+/// `finished_at` (not from wall-clock timing): over the busy span, 6 or more run at once
+/// on average, and 7 or more at some moment in its second half, after the first wave of
+/// claims is long over. (When finished tasks were counted as busy, only the first wave
+/// ran 8 at once; the rest ran one at a time.)
+#[sqlx::test(migrations = "./migrations")]
+async fn a_backlog_keeps_every_slot_busy(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            tier_extra: "concurrency = 8".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let sql = format!("SELECT {i} AS i, sleepEachRow(0.1) FROM system.numbers LIMIT 10");
+        ids.push(h.submit_ok(json!({ "sql": sql })).await);
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        let e = h
+            .wait_for(id, &["SUCCEEDED"], Duration::from_secs(120))
+            .await;
+        let at = |field: &str| {
+            chrono::DateTime::parse_from_rfc3339(e[field].as_str().unwrap())
+                .unwrap()
+                .timestamp_micros()
+        };
+        runs.push((at("started_at"), at("finished_at")));
+    }
+    let first = runs.iter().map(|r| r.0).min().unwrap();
+    let last = runs.iter().map(|r| r.1).max().unwrap();
+    let busy: i64 = runs.iter().map(|(s, f)| f - s).sum();
+    let average = busy as f64 / (last - first) as f64;
+    assert!(
+        average >= 6.0,
+        "{average:.1} executions ran at once on average over the backlog, of 8 slots"
+    );
+    let second_half = first + (last - first) / 2;
+    let most = runs
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|&t| t >= second_half)
+        .map(|t| runs.iter().filter(|(s, f)| *s <= t && t < *f).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most >= 7,
+        "at most {most} ran at once in the second half of the backlog, of 8 slots"
+    );
 }

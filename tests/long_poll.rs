@@ -87,7 +87,7 @@ async fn a_cancel_ends_a_long_poll_and_the_end_is_notified(pool: PgPool) {
     // The trigger of migration 0004 is what wakes long polls in every api process.
     let mut listener = h
         .store
-        .listener(&[sluice::store::FINISHED_CHANNEL])
+        .listener(&[sluice::store::Channel::Finished])
         .await
         .unwrap();
     let poll = spawn_long_poll(&h, &id);

@@ -140,7 +140,7 @@ pub(crate) fn database_answered() {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => {
+            _ if e.is_unavailable() => {
                 ApiError::Unavailable(format!("the queue database is unavailable: {e}"))
             }
             StoreError::Contention(_) => ApiError::Conflict {

@@ -78,7 +78,10 @@ pub async fn submit(
     let wait = wait_duration(&ctx, params.wait)?;
     let request = parse_submission(&headers, &body, params)?;
     let new = validate(&ctx, &principal, request)?;
-    let (status, outcome, superseded, execution) = match ctx.store.submit(&new).await? {
+    let started = std::time::Instant::now();
+    let submitted = ctx.store.submit(&new).await;
+    crate::metrics::step("submit", started);
+    let (status, outcome, superseded, execution) = match submitted? {
         Submitted::QueueFull { cap } => {
             return Err(ApiError::TooManyRequests {
                 message: format!(

@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::execution::Execution;
-use crate::outage::OutageLog;
-use crate::store::{FINISHED_CHANNEL, Result, Store};
+use crate::store::{Channel, Result, Store};
 
 /// How often a waiter re-reads its execution even without a notification.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -129,37 +128,18 @@ impl Finishes {
     /// LISTENs on `sluice_finished` until `shutdown`, waking waiters; reconnects after
     /// errors (waiters fall back to [`RECHECK`] meanwhile).
     pub async fn listen(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
-        let mut outage = OutageLog::new("listen for finished executions");
-        while !shutdown.is_cancelled() {
-            let mut listener = match store.listener(&[FINISHED_CHANNEL]).await {
-                Ok(l) => l,
-                Err(e) => {
-                    outage.failure(&e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(RECHECK) => continue,
-                        _ = shutdown.cancelled() => return,
+        store
+            .listen(
+                &[Channel::Finished],
+                "listen for finished executions",
+                &shutdown,
+                |_, payload| {
+                    if let Ok(id) = payload.parse() {
+                        self.finished(id);
                     }
-                }
-            };
-            outage.success();
-            loop {
-                let n = tokio::select! {
-                    n = listener.recv() => n,
-                    _ = shutdown.cancelled() => return,
-                };
-                match n {
-                    Ok(n) => {
-                        if let Ok(id) = n.payload().parse() {
-                            self.finished(id);
-                        }
-                    }
-                    Err(e) => {
-                        outage.failure(&e);
-                        break;
-                    }
-                }
-            }
-        }
+                },
+            )
+            .await
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Result, Store, millis};
+use super::{Channel, Result, Store, millis};
 use crate::execution::Status;
 
 /// An execution whose worker stopped renewing its lease, after the reclaim.
@@ -66,7 +66,7 @@ impl Store {
             .map(|r| r.tier.as_str())
             .collect::<std::collections::BTreeSet<_>>()
         {
-            self.notify_work(tier).await?;
+            self.notify(Channel::Work, tier).await;
         }
         Ok(rows)
     }

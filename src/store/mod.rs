@@ -9,28 +9,28 @@
 //! - [`read`]: get and list for the API.
 //! - [`maintenance`]: the bookkeeper's passes (reclaim, expire, purge, orphans).
 //! - [`leader`]: which bookkeeper acts.
+//! - [`notify`]: every NOTIFY and LISTEN (wake-ups of workers and long polls).
+//! - [`bench`]: what only `sluice bench` runs (scratch database, timings, bulk rows).
 //!
 //! The store never talks to ClickHouse or the object store, and never decides policy
 //! (which tier, how many attempts): callers pass those in.
 
+pub mod bench;
 pub mod leader;
 pub mod maintenance;
+pub mod notify;
 pub mod queue;
 pub mod read;
 pub mod submit;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::mpsc;
 
-/// NOTIFY channel the api signals when work is queued; the payload is the tier.
-pub const WORK_CHANNEL: &str = "sluice_work";
-/// NOTIFY channel the api signals when a RUNNING execution must stop; the payload is its id.
-pub const CANCEL_CHANNEL: &str = "sluice_cancel";
-/// NOTIFY channel a trigger (migration 0004) signals when an execution ends (SUCCEEDED,
-/// FAILED or CANCELED); the payload is its id. Long polls in the api wait on it.
-pub const FINISHED_CHANNEL: &str = "sluice_finished";
+pub use notify::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +43,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("gave up after repeated conflicts on query_id `{0}`")]
     Contention(String),
+    /// One statement written for several callers failed; each of them gets this.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -69,7 +72,11 @@ impl From<sqlx::Error> for StoreError {
 impl StoreError {
     /// Whether trying again (on a new connection) may succeed.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Batch(e) => e.is_unavailable(),
+            _ => false,
+        }
     }
 }
 
@@ -79,6 +86,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Coalesced work wake-ups ([`Store::wake_workers`]), started on first use.
+    wakes: Arc<OnceLock<mpsc::UnboundedSender<String>>>,
+    /// Completions written in batches ([`Store::complete`]), started on first use.
+    completions: Arc<OnceLock<mpsc::UnboundedSender<queue::PendingCompletion>>>,
+    /// Submits in progress in this process ([`Store::submit`]).
+    submits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -90,11 +103,16 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Store { pool })
+        Ok(Store::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            wakes: Arc::default(),
+            completions: Arc::default(),
+            submits: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -104,19 +122,6 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         Ok(())
-    }
-
-    /// A LISTEN connection of its own: a listener holds its connection for good, so it
-    /// must not take one of the pool's (sized for short statements).
-    pub async fn listener(&self, channels: &[&str]) -> Result<PgListener> {
-        let own = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(self.pool.connect_options().as_ref().clone())
-            .await?;
-        let mut listener = PgListener::connect_with(&own).await?;
-        listener.listen_all(channels.iter().copied()).await?;
-        Ok(listener)
     }
 
     /// `SELECT 1`, for readiness.

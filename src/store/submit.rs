@@ -8,7 +8,10 @@
 //!   execution is superseded. It becomes CANCELED with error `SUPERSEDED` and a pointer to
 //!   its successor, in the same transaction that inserts the successor; a RUNNING one is
 //!   also signalled on the cancel channel so its worker kills the ClickHouse query.
-//! - No in-flight execution: a new PENDING row, and a NOTIFY for the tier's workers.
+//! - No in-flight execution: a new PENDING row, and a wake-up of the tier's workers: in
+//!   the INSERT itself when no other submit of this process is in progress, otherwise
+//!   coalesced after the commit (see `notify`: a NOTIFY in a transaction serializes its
+//!   commit with the others').
 //!
 //! Queue cap: when `max_queued` is set, a submit that would add a PENDING row while the
 //! tenant already has that many on the tier is refused ([`Submitted::QueueFull`]). The
@@ -17,11 +20,12 @@
 //! collapses into, or supersedes, a PENDING execution adds nothing and is let through.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
-use super::{CANCEL_CHANNEL, Result, Store, StoreError, WORK_CHANNEL, is_unique_violation};
+use super::{Channel, Result, Store, StoreError, is_unique_violation};
 use crate::execution::{ErrorInfo, Execution, Format, Secrets, Status};
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
@@ -48,6 +52,39 @@ macro_rules! insert {
          format, settings, priority, max_attempts, parameters, quota_key, max_running) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     };
+}
+
+/// The INSERT of a new execution that collapses into an identical in-flight one
+/// (`inserted` says which happened); no row when the in-flight one differs.
+macro_rules! insert_or_collapse {
+    () => {
+        concat!(
+            insert!(),
+            " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
+             DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
+                 WHERE executions.query_hash = EXCLUDED.query_hash \
+             RETURNING *, (xmax::text = '0') AS inserted"
+        )
+    };
+}
+
+/// One submit in progress in this process; `alone` when no other was.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    alone: bool,
+}
+
+impl InFlight<'_> {
+    fn enter(count: &AtomicUsize) -> InFlight<'_> {
+        let alone = count.fetch_add(1, Ordering::AcqRel) == 0;
+        InFlight { count, alone }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A validated submission, ready to be stored.
@@ -93,6 +130,8 @@ const MAX_RACES: usize = 20;
 
 impl Store {
     pub async fn submit(&self, new: &NewExecution) -> Result<Submitted> {
+        let _in_flight = InFlight::enter(&self.submits);
+        let alone = _in_flight.alone;
         for _ in 0..MAX_RACES {
             // With a queue cap, the count and the insert share a transaction under the
             // (tenant, tier) lock; without one, the insert is a single statement.
@@ -110,22 +149,25 @@ impl Store {
             let id = Uuid::now_v7();
             // Insert, or collapse into an identical in-flight execution. When the
             // in-flight one differs, the DO UPDATE's WHERE is false and no row comes back.
-            // The NOTIFY rides in the same statement and is delivered at commit, so a
-            // woken worker always finds the row.
-            let sql = concat!(
-                "WITH ins AS (",
-                insert!(),
-                " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
-                 DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
-                     WHERE executions.query_hash = EXCLUDED.query_hash \
-                 RETURNING *, (xmax::text = '0') AS inserted) \
-                 SELECT ins.*, CASE WHEN ins.inserted \
-                     THEN pg_notify('sluice_work', ins.tier) IS NULL END AS notified \
-                 FROM ins"
-            );
-            let row = bind_new(sqlx::query(sql), id, new)
-                .fetch_optional(conn.as_mut())
-                .await;
+            //
+            // Workers are woken after the commit. A NOTIFY in the INSERT itself saves a
+            // round trip of pickup latency but serializes the commit with every other
+            // notifying commit (see `notify`): free for a submit with none beside it,
+            // ruinous in a burst. So a lone submit notifies in its own statement, and
+            // submits that overlap others leave it to the coalesced wake-ups.
+            let row = if alone {
+                let sql = concat!(
+                    "WITH ins AS (",
+                    insert_or_collapse!(),
+                    ") SELECT ins.*, CASE WHEN ins.inserted \
+                         THEN pg_notify($15, ins.tier) IS NULL END AS notified FROM ins"
+                );
+                bind_new(sqlx::query(sql), id, new).bind(Channel::Work.name())
+            } else {
+                bind_new(sqlx::query(insert_or_collapse!()), id, new)
+            }
+            .fetch_optional(conn.as_mut())
+            .await;
             drop(conn);
             match row {
                 Ok(Some(row)) => {
@@ -135,6 +177,9 @@ impl Store {
                         t.commit().await?;
                     }
                     return Ok(if inserted {
+                        if !alone {
+                            self.wake_workers(&execution.tier);
+                        }
                         Submitted::Created(execution)
                     } else {
                         Submitted::Collapsed(execution)
@@ -145,7 +190,11 @@ impl Store {
                         Some(t) => t,
                         None => self.pool.begin().await?,
                     };
-                    if let Some(done) = supersede(tx, id, new).await? {
+                    if let Some((done, (old_id, old_status))) = supersede(tx, id, new).await? {
+                        if old_status == Status::Running {
+                            self.notify(Channel::Cancel, &old_id.to_string()).await;
+                        }
+                        self.wake_workers(&new.tier);
                         return Ok(done);
                     }
                 }
@@ -177,31 +226,17 @@ impl Store {
         .await?;
         Ok(pending < cap || replaces)
     }
-
-    /// Wakes the tier's idle workers. Sent after the row is committed, so a woken worker
-    /// always finds it; a lost notification only costs one poll interval.
-    pub async fn notify_work(&self, tier: &str) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WORK_CHANNEL)
-            .bind(tier)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-}
-
-async fn notify(tx: &mut Tx, channel: &str, payload: &str) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// Cancels the in-flight execution holding `new.query_id` and inserts `new` in its
-/// place, in `tx`. `None` when the race changed under us (the caller retries).
-async fn supersede(mut tx: Tx, id: Uuid, new: &NewExecution) -> Result<Option<Submitted>> {
+/// place, in `tx`; returns the outcome and the superseded execution's id and former
+/// status (the caller signals its worker). `None` when the race changed under us (the
+/// caller retries).
+async fn supersede(
+    mut tx: Tx,
+    id: Uuid,
+    new: &NewExecution,
+) -> Result<Option<(Submitted, (Uuid, Status))>> {
     let error = ErrorInfo {
         code: "SUPERSEDED".into(),
         message: format!(
@@ -240,15 +275,14 @@ async fn supersede(mut tx: Tx, id: Uuid, new: &NewExecution) -> Result<Option<Su
         Err(e) if is_unique_violation(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if old_status == Status::Running {
-        notify(&mut tx, CANCEL_CHANNEL, &old_id.to_string()).await?;
-    }
-    notify(&mut tx, WORK_CHANNEL, &execution.tier).await?;
     tx.commit().await?;
-    Ok(Some(Submitted::Superseded {
-        execution,
-        superseded: old_id,
-    }))
+    Ok(Some((
+        Submitted::Superseded {
+            execution,
+            superseded: old_id,
+        },
+        (old_id, old_status),
+    )))
 }
 
 /// Binds `$1..$14` of `insert!()` for `new` with id `id`.

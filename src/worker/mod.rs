@@ -4,7 +4,12 @@
 //! Queue semantics (the SQL is in `store::queue`):
 //! - It claims up to its free slots (`tiers.<t>.concurrency`) in one statement with
 //!   `FOR UPDATE SKIP LOCKED`, so any number of workers share a tier without double
-//!   claims, and never touches another tier's rows.
+//!   claims, and never touches another tier's rows. Every slot counts: finished tasks
+//!   are reaped before free slots are counted.
+//! - While executions run, a claim waits until a quarter of the slots are free or
+//!   [`CLAIM_COOLDOWN`] (5 ms) has passed since the last one, so a backlog of short
+//!   executions is claimed a handful at a time rather than one per statement; an idle
+//!   worker claims at once.
 //! - It wakes on `NOTIFY sluice_work` for its tier, and polls every
 //!   `worker.poll_interval` in case a notification was lost.
 //! - It listens on `sluice_cancel` to stop a running execution within milliseconds of a
@@ -16,12 +21,14 @@
 //! A worker never changes an execution it has not claimed, and never writes without its
 //! fence (see `store::queue`).
 
+mod columns;
 mod rows;
 mod run;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -32,7 +39,7 @@ use uuid::Uuid;
 use crate::clickhouse::{Endpoint, EngineError};
 use crate::config::{Config, TierConfig, WorkerConfig};
 use crate::results::ResultStore;
-use crate::store::{CANCEL_CHANNEL, Store, StoreError, WORK_CHANNEL};
+use crate::store::{Channel, Store, StoreError};
 pub use run::Signals;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +90,8 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
     /// Whether running caps may apply to this tier, so claims must serialize.
     capped: bool,
+    /// Columns of recent statements, shared by this worker's executions.
+    columns: Arc<columns::ColumnCache>,
 }
 
 /// What the LISTEN task forwards to the claim loop.
@@ -116,6 +125,7 @@ impl Worker {
             results,
             engine,
             stats: Arc::default(),
+            columns: Arc::default(),
         })
     }
 
@@ -149,59 +159,49 @@ impl Worker {
             .in_current_span(),
         ));
 
-        let running: Arc<Mutex<HashMap<Uuid, Signals>>> = Arc::default();
+        let running: Running = Arc::default();
         let mut tasks = JoinSet::new();
-        let mut claim_now = true;
+        // Whether work may be waiting: set by a wake-up, a finished execution or the poll.
+        let mut want_claim = true;
+        let mut last_claim = Instant::now() - CLAIM_COOLDOWN;
         // While Postgres is away, claims fail: log that once per interval and retry on
         // the poll interval (the pool reconnects by itself).
         let mut claim_log = crate::outage::OutageLog::new("claim");
         while !shutdown.is_cancelled() {
+            // A finished task counts in the JoinSet until it is joined: reap them all
+            // before counting free slots. (Joining one per wake-up made every claim after
+            // the first completion ask for one execution: 16 slots ran like 1.)
+            while tasks.try_join_next().is_some() {}
             let free = slots.saturating_sub(tasks.len());
-            if claim_now && free > 0 {
-                match self
-                    .store
-                    .claim(
-                        &self.tier,
-                        &self.id,
-                        free as i64,
-                        self.config.lease,
-                        self.capped,
-                    )
-                    .await
-                {
-                    Ok(claimed) => {
-                        claim_log.success();
-                        for execution in claimed {
-                            self.stats.claimed.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("sluice_claims_total", "tier" => self.tier.clone())
-                                .increment(1);
-                            let signals = Signals::default();
-                            lock(&running).insert(execution.id, signals.clone());
-                            let worker = self.clone();
-                            let running = running.clone();
-                            tasks.spawn(async move {
-                                let id = execution.id;
-                                worker.execute(execution, signals).await;
-                                lock(&running).remove(&id);
-                            });
-                        }
-                    }
+            // A claim is one statement whatever it takes, so under a backlog it waits
+            // until a quarter of the slots are free, or CLAIM_COOLDOWN has passed since
+            // the last one: a slot idles at most that long, and claims stay few.
+            let worth_it = tasks.is_empty()
+                || free >= claim_batch(slots)
+                || last_claim.elapsed() >= CLAIM_COOLDOWN;
+            if want_claim && free > 0 && worth_it {
+                last_claim = Instant::now();
+                want_claim = false;
+                match self.claim_and_start(free, &mut tasks, &running).await {
+                    Ok(_) => claim_log.success(),
                     Err(e) => claim_log.failure(&e),
                 }
+                continue;
             }
-            claim_now = false;
+            let deferred = want_claim && free > 0;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => claim_now = true,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => want_claim = true,
                 Some(event) = events.recv() => match event {
-                    Event::Work => claim_now = true,
+                    Event::Work => want_claim = true,
                     Event::Cancel(id) => {
                         if let Some(s) = lock(&running).get(&id) {
                             s.cancel.cancel();
                         }
                     }
                 },
-                _ = tokio::time::sleep(self.config.poll_interval) => claim_now = true,
+                _ = tokio::time::sleep_until((last_claim + CLAIM_COOLDOWN).into()), if deferred => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => want_claim = true,
             }
         }
 
@@ -230,6 +230,56 @@ impl Worker {
     }
 }
 
+/// The signals of the executions a worker runs, by id.
+type Running = Arc<Mutex<HashMap<Uuid, Signals>>>;
+
+/// The longest a free slot waits for a claim while others run (see the claim loop).
+const CLAIM_COOLDOWN: Duration = Duration::from_millis(5);
+
+/// Free slots that make a claim worth it at once: a quarter of them, at least one.
+fn claim_batch(slots: usize) -> usize {
+    slots.div_ceil(4).max(1)
+}
+
+impl Worker {
+    /// Claims up to `free` executions in one statement and starts each in `tasks`.
+    async fn claim_and_start(
+        &self,
+        free: usize,
+        tasks: &mut JoinSet<()>,
+        running: &Running,
+    ) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        let claimed = self
+            .store
+            .claim(
+                &self.tier,
+                &self.id,
+                free as i64,
+                self.config.lease,
+                self.capped,
+            )
+            .await;
+        crate::metrics::step("claim", started);
+        let claimed = claimed?;
+        let n = claimed.len();
+        self.stats.claimed.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("sluice_claims_total", "tier" => self.tier.clone()).increment(n as u64);
+        for execution in claimed {
+            let signals = Signals::default();
+            lock(running).insert(execution.id, signals.clone());
+            let worker = self.clone();
+            let running = running.clone();
+            tasks.spawn(async move {
+                let id = execution.id;
+                worker.execute(execution, signals).await;
+                lock(&running).remove(&id);
+            });
+        }
+        Ok(n)
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -243,43 +293,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Forwards notifications for this tier to the claim loop, reconnecting after errors.
+/// Forwards notifications for this tier to the claim loop (reconnecting after errors).
 async fn listen(
     store: Store,
     tier: String,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = std::time::Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let mut listener = match store.listener(&[WORK_CHANNEL, CANCEL_CHANNEL]).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot LISTEN; relying on polling until it works");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = std::time::Duration::from_millis(100);
-        loop {
-            let n = match listener.recv().await {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!(error = %e, "LISTEN connection lost");
-                    break;
-                }
-            };
-            let event = match n.channel() {
-                WORK_CHANNEL if n.payload() == tier => Event::Work,
-                CANCEL_CHANNEL => match n.payload().parse() {
-                    Ok(id) => Event::Cancel(id),
-                    Err(_) => continue,
-                },
-                _ => continue,
-            };
-            // A full queue already holds a wake-up; dropping this one loses nothing.
-            let _ = events.try_send(event);
-        }
-    }
+    let channels = [Channel::Work, Channel::Cancel];
+    store
+        .listen(
+            &channels,
+            "listen for work",
+            &shutdown,
+            |channel, payload| {
+                let event = match channel {
+                    Channel::Work if payload == tier => Event::Work,
+                    Channel::Cancel => match payload.parse() {
+                        Ok(id) => Event::Cancel(id),
+                        Err(_) => return,
+                    },
+                    _ => return,
+                };
+                // A full queue already holds a wake-up; dropping this one loses nothing.
+                let _ = events.try_send(event);
+            },
+        )
+        .await
 }
