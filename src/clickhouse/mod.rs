@@ -25,6 +25,7 @@
 //! (see [`ServerVersion`]). This module never touches Postgres or the object store.
 
 pub mod exception;
+pub mod header;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -39,6 +40,7 @@ use tokio::sync::OnceCell;
 use crate::config::TierConfig;
 use crate::execution::{Column, Format};
 pub use exception::{ServerException, Tail};
+pub use header::HeaderReader;
 
 /// URL parameters Sluice sets itself; neither tiers nor clients may set them.
 pub const RESERVED_PARAMS: &[&str] = &[
@@ -226,21 +228,62 @@ pub struct Query<'a> {
 }
 
 impl Query<'_> {
-    /// `message` with every parameter value of 4 or more characters masked: servers
-    /// quote the offending value in errors such as "Value ... cannot be parsed".
-    /// Shorter values are left alone, or a message about `Code: 42` would lose its digits.
+    /// `message` with every parameter value masked (see [`Redactor`]).
     pub fn redact(&self, message: &str) -> String {
-        let mut out = message.to_string();
-        let mut values: Vec<&String> = self.parameters.values().filter(|v| v.len() >= 4).collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        for v in values {
-            out = out.replace(v.as_str(), "[redacted]");
+        Redactor::new(self.parameters).apply(message)
+    }
+
+    fn redact_error(&self, e: EngineError) -> EngineError {
+        Redactor::new(self.parameters).error(e)
+    }
+}
+
+/// Masks query parameter values in server messages: servers quote the offending value in
+/// errors such as "Value ... cannot be parsed". Values of 4 or more characters are
+/// masked, as sent and in their escaped form, longest first; shorter ones are left
+/// alone, or a message about `Code: 42` would lose its digits.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    values: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(parameters: &BTreeMap<String, String>) -> Redactor {
+        let mut values = Vec::new();
+        for v in parameters.values().filter(|v| v.len() >= 4) {
             let escaped = escape_parameter(v);
             if escaped != *v {
-                out = out.replace(&escaped, "[redacted]");
+                values.push(escaped);
             }
+            values.push(v.clone());
+        }
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        Redactor { values }
+    }
+
+    pub fn apply(&self, message: &str) -> String {
+        let mut out = message.to_string();
+        for v in &self.values {
+            out = out.replace(v.as_str(), "[redacted]");
         }
         out
+    }
+
+    /// `e` with its message redacted.
+    pub fn error(&self, e: EngineError) -> EngineError {
+        if self.values.is_empty() {
+            return e;
+        }
+        match e {
+            EngineError::Server(x) => EngineError::Server(ServerException {
+                code: x.code,
+                message: self.apply(&x.message),
+            }),
+            EngineError::Connect(m) => EngineError::Connect(self.apply(&m)),
+            EngineError::Transport(m) => EngineError::Transport(self.apply(&m)),
+            EngineError::Protocol(m) => EngineError::Protocol(self.apply(&m)),
+            other => other,
+        }
     }
 }
 
@@ -411,9 +454,9 @@ impl Endpoint {
                 }
             })
             .await
-            .map_err(|e| redact_error(e, query))?;
+            .map_err(|e| query.redact_error(e))?;
         if let Some(e) = Tail::from_bytes(bytes.clone()).exception(None) {
-            return Err(redact_error(EngineError::Server(e), query));
+            return Err(query.redact_error(EngineError::Server(e)));
         }
         bytes
             .split(|&b| b == b'\n')
@@ -446,7 +489,7 @@ impl Endpoint {
                 }
             })
             .await
-            .map_err(|e| redact_error(e, query))?;
+            .map_err(|e| query.redact_error(e))?;
         let exception_tag = response
             .headers()
             .get("X-ClickHouse-Exception-Tag")
@@ -456,6 +499,8 @@ impl Endpoint {
             response,
             exception_tag,
             node,
+            tail: Tail::default(),
+            redactor: Redactor::new(query.parameters),
         })
     }
 
@@ -554,22 +599,6 @@ impl Endpoint {
             (false, Some(e)) => Err(e),
             _ => Ok(()),
         }
-    }
-}
-
-fn redact_error(e: EngineError, query: Query<'_>) -> EngineError {
-    if query.parameters.is_empty() {
-        return e;
-    }
-    match e {
-        EngineError::Server(x) => EngineError::Server(ServerException {
-            code: x.code,
-            message: query.redact(&x.message),
-        }),
-        EngineError::Connect(m) => EngineError::Connect(query.redact(&m)),
-        EngineError::Transport(m) => EngineError::Transport(query.redact(&m)),
-        EngineError::Protocol(m) => EngineError::Protocol(query.redact(&m)),
-        other => other,
     }
 }
 
@@ -685,17 +714,41 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
     }))
 }
 
-/// A query's response body, chunk by chunk, exactly as ClickHouse sent it.
+/// A query's response body, chunk by chunk, exactly as ClickHouse sent it, with the
+/// exception ClickHouse may send after `200` and data turned into an error at the end.
 pub struct ResultStream {
     response: reqwest::Response,
+    /// The tag 25.11+ servers use to frame a mid-stream exception.
     exception_tag: Option<String>,
     /// Index of the URL running the query.
     node: usize,
+    /// The last bytes seen, to look for an exception at the end.
+    tail: Tail,
+    redactor: Redactor,
 }
 
 impl ResultStream {
+    /// The next chunk; `None` at the end of a result that ended well. A mid-stream
+    /// exception (see [`exception`]) is an [`EngineError::Server`] with parameter values
+    /// masked; the chunks before it were already handed out and must be discarded.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, EngineError> {
-        self.response.chunk().await.map_err(EngineError::from_http)
+        let tag = self.exception_tag.as_deref();
+        match self.response.chunk().await {
+            Ok(Some(chunk)) => {
+                self.tail.push(chunk.clone());
+                Ok(Some(chunk))
+            }
+            Ok(None) => match self.tail.exception(tag) {
+                Some(x) => Err(self.redactor.error(EngineError::Server(x))),
+                None => Ok(None),
+            },
+            // 25.11+ servers end the body right after a tagged exception, without the
+            // closing chunk: the exception, if there is one, is the real error.
+            Err(e) => Err(self.redactor.error(match self.tail.exception(tag) {
+                Some(x) => EngineError::Server(x),
+                None => EngineError::from_http(e),
+            })),
+        }
     }
 
     /// Index of the tier URL running the query (for [`Endpoint::progress`]).
@@ -703,9 +756,9 @@ impl ResultStream {
         self.node
     }
 
-    /// The tag 25.11+ servers use to frame a mid-stream exception.
-    pub fn exception_tag(&self) -> Option<&str> {
-        self.exception_tag.as_deref()
+    /// The last bytes of the result (up to [`exception::TAIL_BYTES`]).
+    pub fn tail(&self) -> Vec<u8> {
+        self.tail.bytes()
     }
 }
 

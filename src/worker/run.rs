@@ -10,18 +10,26 @@
 //!
 //! Dropping the HTTP response alone does not stop a ClickHouse query that has not yet
 //! sent output, hence the explicit `KILL QUERY ... SYNC` on every interruption.
+//!
+//! The hot path of a short execution is one ClickHouse request and one result-store
+//! write: column metadata comes from the format's own header where it has one (JSON,
+//! JSONCompact, TabSeparatedWithNamesAndTypes), otherwise from a DESCRIBE sent beside
+//! the query; the outcome joins the store's next batch of completions.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::Worker;
 use super::rows::RowCounter;
-use crate::clickhouse::{EngineError, Query, Tail};
-use crate::execution::{ErrorInfo, Execution, Format, Progress, ResultMeta};
+use crate::clickhouse::{EngineError, HeaderReader, Query};
+use crate::execution::{Column, ErrorInfo, Execution, Format, Progress, ResultMeta};
+use crate::metrics::step;
 use crate::results::{ResultWriter, ResultsError};
+use crate::store::StoreError;
 use crate::store::queue::{Beat, Fence};
 
 /// Signals an attempt listens to.
@@ -32,6 +40,7 @@ pub struct Signals {
 }
 
 /// What the heartbeat shares with the attempt it keeps alive.
+#[derive(Clone)]
 struct Beacons {
     cancel: CancellationToken,
     lost: CancellationToken,
@@ -41,14 +50,105 @@ struct Beacons {
     node: Arc<AtomicUsize>,
 }
 
+impl Beacons {
+    fn new(cancel: CancellationToken) -> Beacons {
+        Beacons {
+            cancel,
+            lost: CancellationToken::new(),
+            result_bytes: Arc::default(),
+            last_progress: Arc::default(),
+            node: Arc::default(),
+        }
+    }
+
+    /// The last statistics the heartbeat saw, with the final byte count.
+    fn final_progress(&self) -> Progress {
+        Progress {
+            result_bytes: self.result_bytes.load(Ordering::Relaxed),
+            ..self
+                .last_progress
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// How an attempt ended.
 enum Outcome {
     Succeeded(ResultMeta),
     Failed(ErrorInfo),
-    /// Failed in a way that may not happen again: retried while attempts remain.
-    Transient(ErrorInfo),
+    /// A transient failure with attempts left: runs again after a backoff.
+    Retry(ErrorInfo),
     Canceled,
     Lost,
     HandedBack,
+}
+
+impl Outcome {
+    /// What producing the result came to, given the attempts left.
+    fn of(produced: Result<ResultMeta, Failure>, execution: &Execution) -> Outcome {
+        match produced {
+            Ok(meta) => Outcome::Succeeded(meta),
+            Err(f) if !f.transient => Outcome::Failed(f.error),
+            Err(f) if execution.attempt < execution.max_attempts => Outcome::Retry(f.error),
+            Err(mut f) => {
+                f.error.message = format!(
+                    "{} (gave up after {} attempts)",
+                    f.error.message, execution.attempt
+                );
+                Outcome::Failed(f.error)
+            }
+        }
+    }
+
+    /// The `outcome` label of metrics and logs.
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed(_) => "failed",
+            Outcome::Retry(_) => "retried",
+            Outcome::Canceled => "canceled",
+            Outcome::Lost => "lost",
+            Outcome::HandedBack => "handed_back",
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Canceled | Outcome::Lost | Outcome::HandedBack
+        )
+    }
+}
+
+/// Why producing a result failed.
+struct Failure {
+    error: ErrorInfo,
+    /// May not happen again (server, not query): retried while attempts remain.
+    transient: bool,
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Failure {
+        Failure {
+            transient: e.is_transient(),
+            error: engine_error(e),
+        }
+    }
+}
+
+impl From<ResultsError> for Failure {
+    fn from(e: ResultsError) -> Failure {
+        Failure {
+            transient: false,
+            error: ErrorInfo {
+                code: "STORAGE_ERROR".into(),
+                message: format!("could not store the result: {e}"),
+                clickhouse_code: None,
+            },
+        }
+    }
 }
 
 impl Worker {
@@ -59,84 +159,48 @@ impl Worker {
             tier = %execution.tier,
             attempt = execution.attempt,
         );
-        self.execute_in_span(execution, signals)
-            .instrument(span)
-            .await
+        self.attempt(execution, signals).instrument(span).await
     }
 
-    async fn execute_in_span(&self, execution: Execution, signals: Signals) {
-        let claimed_at = std::time::Instant::now();
+    /// One attempt, top to bottom: produce the result under a heartbeat (or stop at a
+    /// signal), clean up what an interruption left, record the outcome, account for it.
+    async fn attempt(&self, execution: Execution, signals: Signals) {
+        let claimed_at = Instant::now();
         let fence = Fence::of(&execution, &self.id);
         let query_id = execution.clickhouse_query_id();
-        info!(query_id, "running");
-        let lost = CancellationToken::new();
-        let result_bytes = Arc::new(AtomicU64::new(0));
-        let last_progress = Arc::new(Mutex::new(Progress::default()));
-        let node = Arc::new(AtomicUsize::new(0));
+        debug!(query_id, "running");
+        let beacons = Beacons::new(signals.cancel.clone());
         let heartbeat = tokio::spawn(
             self.clone()
-                .heartbeat(
-                    fence.clone(),
-                    query_id.clone(),
-                    Beacons {
-                        cancel: signals.cancel.clone(),
-                        lost: lost.clone(),
-                        result_bytes: result_bytes.clone(),
-                        last_progress: last_progress.clone(),
-                        node: node.clone(),
-                    },
-                )
+                .heartbeat(fence.clone(), query_id.clone(), beacons.clone())
                 .in_current_span(),
         );
 
         let mut writer: Option<ResultWriter> = None;
         let outcome = {
-            let work = self.produce(&execution, &query_id, &mut writer, &result_bytes, &node);
+            let work = self.produce(&execution, &query_id, &mut writer, &beacons);
             tokio::select! {
                 biased;
                 _ = signals.cancel.cancelled() => Outcome::Canceled,
-                _ = lost.cancelled() => Outcome::Lost,
+                _ = beacons.lost.cancelled() => Outcome::Lost,
                 _ = signals.hand_back.cancelled() => Outcome::HandedBack,
-                outcome = work => outcome,
+                produced = work => Outcome::of(produced, &execution),
             }
         };
         heartbeat.abort();
-
-        let interrupted = matches!(
-            outcome,
-            Outcome::Canceled | Outcome::Lost | Outcome::HandedBack
-        );
-        if interrupted && let Err(e) = self.engine.kill(&query_id).await {
+        if outcome.interrupted()
+            && let Err(e) = self.engine.kill(&query_id).await
+        {
             warn!(query_id, error = %e, "KILL QUERY failed");
         }
         if let Some(w) = writer.take() {
             w.abort().await;
         }
 
-        // The last statistics the heartbeat saw, with the final byte count.
-        let progress = Progress {
-            result_bytes: result_bytes.load(Ordering::Relaxed),
-            ..last_progress.lock().map(|p| p.clone()).unwrap_or_default()
-        };
-        // The outcome must reach Postgres: if it does not, the execution stays RUNNING
-        // until its lease expires and then runs again. So a write that fails because
-        // Postgres is briefly away is retried for as long as the lease may still hold.
-        let deadline = std::time::Instant::now() + self.config.lease;
-        let mut backoff = crate::outage::Backoff::new(
-            std::time::Duration::from_millis(50),
-            std::time::Duration::from_secs(2),
-        );
-        let written = loop {
-            let attempt = self.record(&execution, &fence, &outcome, &progress).await;
-            match attempt {
-                Err(e) if e.is_unavailable() && std::time::Instant::now() < deadline => {
-                    warn!(error = %e, "could not record the outcome yet; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                other => break other,
-            }
-        };
-        if let (Outcome::Succeeded(meta), written) = (&outcome, &written)
+        let written = self
+            .record(&fence, &outcome, &beacons.final_progress())
+            .await;
+        if let Outcome::Succeeded(meta) = &outcome
             && !matches!(written, Ok(true))
         {
             // Nobody will ever point at this object: ours is a stale attempt.
@@ -144,26 +208,72 @@ impl Worker {
                 warn!(error = %e, "could not delete an abandoned result");
             }
         }
-        let label = match &outcome {
-            Outcome::Succeeded(_) => "succeeded",
-            Outcome::Failed(_) => "failed",
-            Outcome::Transient(_) if execution.attempt < execution.max_attempts => "retried",
-            Outcome::Transient(_) => "failed",
-            Outcome::Canceled => "canceled",
-            Outcome::Lost => "lost",
-            Outcome::HandedBack => "handed_back",
+        self.account(&execution, &outcome, claimed_at, &written);
+    }
+
+    /// Writes the outcome, fenced; `Ok(false)` when the fence matched nothing. The
+    /// outcome must reach Postgres (if it does not, the execution stays RUNNING until its
+    /// lease expires and then runs again), so a write that fails because Postgres is
+    /// briefly away is retried for as long as the lease may still hold.
+    async fn record(
+        &self,
+        fence: &Fence,
+        outcome: &Outcome,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let deadline = started + self.config.lease;
+        let mut backoff = crate::outage::Backoff::new(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(2),
+        );
+        let written = loop {
+            let written = match outcome {
+                Outcome::Succeeded(meta) => self.store.complete(fence, meta, progress).await,
+                Outcome::Failed(error) => self.store.fail(fence, error).await,
+                Outcome::Retry(error) => {
+                    let delay = self.retry_delay(fence.attempt);
+                    self.store.retry(fence, error, delay).await
+                }
+                Outcome::Canceled => self.store.mark_canceled(fence).await,
+                Outcome::HandedBack => self.store.hand_back(fence).await,
+                Outcome::Lost => Ok(false),
+            };
+            match written {
+                Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                    warn!(error = %e, "could not record the outcome yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => break other,
+            }
         };
+        step("record", started);
+        written
+    }
+
+    /// Counters, metrics and the log line of a finished attempt.
+    fn account(
+        &self,
+        execution: &Execution,
+        outcome: &Outcome,
+        claimed_at: Instant,
+        written: &Result<bool, StoreError>,
+    ) {
+        let label = outcome.label();
         self.stats.record(label);
         let tier = execution.tier.clone();
         metrics::counter!("sluice_completions_total", "tier" => tier.clone(), "outcome" => label)
             .increment(1);
         metrics::histogram!("sluice_execution_duration_seconds", "tier" => tier.clone(), "outcome" => label)
             .record(claimed_at.elapsed().as_secs_f64());
-        if label == "retried" {
-            metrics::counter!("sluice_retries_total", "tier" => tier.clone()).increment(1);
-        }
-        if let Outcome::Succeeded(meta) = &outcome {
-            metrics::counter!("sluice_result_bytes_total", "tier" => tier).increment(meta.bytes);
+        match outcome {
+            Outcome::Retry(_) => {
+                metrics::counter!("sluice_retries_total", "tier" => tier).increment(1)
+            }
+            Outcome::Succeeded(meta) => {
+                metrics::counter!("sluice_result_bytes_total", "tier" => tier).increment(meta.bytes)
+            }
+            _ => {}
         }
         match written {
             Ok(true) => info!(outcome = label, "finished"),
@@ -173,7 +283,7 @@ impl Worker {
             ),
             Err(e) => warn!(outcome = label, error = %e, "could not record the outcome"),
         }
-        if let Outcome::Failed(e) | Outcome::Transient(e) = &outcome {
+        if let Outcome::Failed(e) | Outcome::Retry(e) = outcome {
             info!(
                 code = e.code,
                 clickhouse_code = e.clickhouse_code,
@@ -183,53 +293,23 @@ impl Worker {
         }
     }
 
-    /// Writes the outcome of an attempt, fenced. `Ok(false)`: the fence matched nothing.
-    async fn record(
-        &self,
-        execution: &Execution,
-        fence: &Fence,
-        outcome: &Outcome,
-        progress: &Progress,
-    ) -> Result<bool, crate::store::StoreError> {
-        match outcome {
-            Outcome::Succeeded(meta) => self.store.complete(fence, meta, progress).await,
-            Outcome::Failed(error) => self.store.fail(fence, error).await,
-            Outcome::Transient(error) if execution.attempt < execution.max_attempts => {
-                let delay = self.retry_delay(execution.attempt);
-                info!(delay = ?delay, error = error.message, "transient failure: retrying");
-                self.store.retry(fence, error, delay).await
-            }
-            Outcome::Transient(error) => {
-                let mut error = error.clone();
-                error.message = format!(
-                    "{} (gave up after {} attempts)",
-                    error.message, execution.attempt
-                );
-                self.store.fail(fence, &error).await
-            }
-            Outcome::Canceled => self.store.mark_canceled(fence).await,
-            Outcome::HandedBack => self.store.hand_back(fence).await,
-            Outcome::Lost => Ok(false),
-        }
-    }
-
-    /// Run and store, with DESCRIBE beside the query. Leaves an unfinished writer in `writer` so the caller
-    /// can abort it whatever happens, including when this future is dropped.
+    /// Runs the query and stores its result. Leaves an unfinished writer in `writer` so
+    /// the caller can abort it whatever happens, including when this future is dropped.
     async fn produce(
         &self,
         execution: &Execution,
         query_id: &str,
         writer: &mut Option<ResultWriter>,
-        result_bytes: &AtomicU64,
-        node: &AtomicUsize,
-    ) -> Outcome {
-        let Some(format) = execution.format() else {
-            return Outcome::Failed(ErrorInfo {
+        beacons: &Beacons,
+    ) -> Result<ResultMeta, Failure> {
+        let format = execution.format().ok_or_else(|| Failure {
+            error: ErrorInfo {
                 code: "INVALID_EXECUTION".into(),
                 message: format!("unknown format `{}`", execution.format),
                 clickhouse_code: None,
-            });
-        };
+            },
+            transient: false,
+        })?;
         let no_parameters = Default::default();
         let parameters = execution
             .parameters
@@ -242,96 +322,110 @@ impl Worker {
             parameters,
             quota_key: execution.quota_key.as_deref(),
         };
-        let version = match self.engine.version().await {
-            Ok(v) => v,
-            Err(e) => return engine_outcome(e),
-        };
-        if let Err(e) = version.check_format(format) {
-            return engine_outcome(e);
+        let version = self.engine.version().await?;
+        version.check_format(format)?;
+        if !parameters.is_empty() {
+            version.check_parameters()?;
         }
-        if !parameters.is_empty()
-            && let Err(e) = version.check_parameters()
-        {
-            return engine_outcome(e);
-        }
-        // DESCRIBE only works on statements that return rows; others (CREATE, INSERT on
-        // a writable tier) have no columns.
-        let describe = async {
-            if returns_rows(&execution.sql) {
-                self.engine.describe(query).await
-            } else {
-                Ok(Vec::new())
-            }
-        };
+
+        // Column metadata: none for statements without rows (CREATE, INSERT on a
+        // writable tier); what an earlier run of the same statement learned (see
+        // `columns`); the format's own header when it carries one; otherwise DESCRIBE,
+        // sent beside the query rather than before it (its round trip was most of a
+        // short execution's run time).
+        let has_rows = returns_rows(&execution.sql);
+        let known = has_rows
+            .then(|| self.columns.get(&execution.query_hash))
+            .flatten();
+        let learn = has_rows && known.is_none();
+        let header = learn.then(|| HeaderReader::new(format)).flatten();
+        let describe_beside = learn && header.is_none();
         let key = self.results.key(execution.id, execution.attempt, format);
-        let run = async {
-            let mut stream = self
-                .engine
-                .stream(query, query_id)
-                .await
-                .map_err(engine_outcome)?;
-            node.store(stream.node(), Ordering::Relaxed);
-            let w = writer.insert(self.results.writer(&key));
-            let mut tail = Tail::default();
-            let mut rows = RowCounter::new(format.row_counting());
-            loop {
-                let chunk = match stream.chunk().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    // 25.11+ servers end the body right after a tagged exception, without
-                    // the closing chunk: the exception, if there is one, is the real error.
-                    Err(e) => {
-                        let e = match tail.exception(stream.exception_tag()) {
-                            Some(x) => EngineError::Server(x),
-                            None => e,
-                        };
-                        return Err(engine_outcome(redact(e, query)));
-                    }
-                };
-                rows.feed(&chunk);
-                tail.push(chunk.clone());
-                w.write(chunk)
-                    .await
-                    .map_err(|e| Outcome::Failed(storage_error(e)))?;
-                result_bytes.store(w.bytes_written(), Ordering::Relaxed);
-            }
-            if let Some(e) = tail.exception(stream.exception_tag()) {
-                return Err(engine_outcome(redact(EngineError::Server(e), query)));
-            }
-            Ok((rows, tail))
+        let (described, streamed) = tokio::join!(
+            async {
+                match describe_beside {
+                    true => Some(self.describe(query).await),
+                    false => None,
+                }
+            },
+            self.stream_into_store(query, query_id, &key, writer, beacons, header),
+        );
+        // When both fail (bad SQL), the query's own error is the one reported.
+        let streamed = streamed?;
+        let columns = match (known, described, streamed.columns) {
+            _ if !has_rows => Vec::new(),
+            (Some(known), _, _) => known,
+            (None, Some(described), _) => described?,
+            (None, None, Some(from_header)) => from_header,
+            // A header that could not be read: ask the server after all.
+            (None, None, None) => self.describe(query).await?,
         };
-        // DESCRIBE runs beside the query rather than before it: its round trip was most
-        // of a short execution's run time. When both fail (bad SQL), the query's own error
-        // is the one reported; a DESCRIBE that fails alone fails the attempt, and the
-        // caller aborts the result written meanwhile.
-        let (columns, ran) = tokio::join!(describe, run);
-        let (rows, tail) = match ran {
-            Ok(r) => r,
-            Err(outcome) => return outcome,
-        };
-        let columns = match columns {
-            Ok(c) => c,
-            Err(e) => return engine_outcome(e),
-        };
-        let Some(w) = writer.take() else {
-            return Outcome::Failed(storage_error(ResultsError::NotFound(key)));
-        };
-        let bytes = match w.finish().await {
+        if learn {
+            self.columns.put(&execution.query_hash, &columns);
+        }
+
+        let w = writer
+            .take()
+            .ok_or_else(|| ResultsError::NotFound(key.clone()))?;
+        let started = Instant::now();
+        let finished = w.finish().await;
+        step("store_write", started);
+        let bytes = match finished {
             Ok(n) => n,
             Err(e) => {
                 // A failed completion may still have left an object behind.
                 let _ = self.results.delete(&key).await;
-                return Outcome::Failed(storage_error(e));
+                return Err(e.into());
             }
         };
-        Outcome::Succeeded(ResultMeta {
+        Ok(ResultMeta {
             object_key: key,
             format,
             content_type: Format::content_type(format).to_string(),
             bytes,
-            rows: rows.finish(&tail.bytes()),
+            rows: streamed.rows,
             columns,
         })
+    }
+
+    /// Sends the query and streams its response into a new writer left in `writer`,
+    /// counting rows and reading the format's header (if any) on the way.
+    async fn stream_into_store(
+        &self,
+        query: Query<'_>,
+        query_id: &str,
+        key: &str,
+        writer: &mut Option<ResultWriter>,
+        beacons: &Beacons,
+        mut header: Option<HeaderReader>,
+    ) -> Result<Streamed, Failure> {
+        let started = Instant::now();
+        let mut stream = self.engine.stream(query, query_id).await?;
+        beacons.node.store(stream.node(), Ordering::Relaxed);
+        let w = writer.insert(self.results.writer(key));
+        let mut rows = RowCounter::new(query.format.row_counting());
+        while let Some(chunk) = stream.chunk().await? {
+            rows.feed(&chunk);
+            if let Some(h) = header.as_mut() {
+                h.feed(&chunk);
+            }
+            w.write(chunk).await?;
+            beacons
+                .result_bytes
+                .store(w.bytes_written(), Ordering::Relaxed);
+        }
+        step("clickhouse", started);
+        Ok(Streamed {
+            rows: rows.finish(&stream.tail()),
+            columns: header.and_then(HeaderReader::columns),
+        })
+    }
+
+    async fn describe(&self, query: Query<'_>) -> Result<Vec<Column>, Failure> {
+        let started = Instant::now();
+        let described = self.engine.describe(query).await;
+        step("describe", started);
+        Ok(described?)
     }
 
     /// Exponential backoff: `retry_backoff * 2^(attempt - 1)`, capped.
@@ -348,13 +442,6 @@ impl Worker {
     /// Renews the lease and records progress until aborted. Turns what it learns into
     /// the `cancel` and `lost` signals.
     async fn heartbeat(self, fence: Fence, query_id: String, beacons: Beacons) {
-        let Beacons {
-            cancel,
-            lost,
-            result_bytes,
-            last_progress,
-            node,
-        } = beacons;
         let mut beat_log = crate::outage::OutageLog::new("heartbeat");
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,7 +450,7 @@ impl Worker {
             interval.tick().await;
             let stats = self
                 .engine
-                .progress(node.load(Ordering::Relaxed), &query_id)
+                .progress(beacons.node.load(Ordering::Relaxed), &query_id)
                 .await
                 .ok()
                 .flatten();
@@ -373,11 +460,11 @@ impl Worker {
                 total_rows_approx: stats.as_ref().map_or(0, |s| s.total_rows_approx),
                 elapsed_seconds: stats.as_ref().map_or(0.0, |s| s.elapsed),
                 memory_usage: stats.as_ref().map_or(0, |s| s.memory_usage),
-                result_bytes: result_bytes.load(Ordering::Relaxed),
+                result_bytes: beacons.result_bytes.load(Ordering::Relaxed),
             };
             // Once the query has left system.processes, keep what was last seen.
             if stats.is_some()
-                && let Ok(mut last) = last_progress.lock()
+                && let Ok(mut last) = beacons.last_progress.lock()
             {
                 *last = progress.clone();
             }
@@ -387,9 +474,9 @@ impl Worker {
                 .await
             {
                 Ok(Beat::Alive) => beat_log.success(),
-                Ok(Beat::CancelRequested) => cancel.cancel(),
+                Ok(Beat::CancelRequested) => beacons.cancel.cancel(),
                 Ok(Beat::Lost) => {
-                    lost.cancel();
+                    beacons.lost.cancel();
                     return;
                 }
                 // The lease outlives a few failed beats; the bookkeeper reclaims it if
@@ -400,15 +487,11 @@ impl Worker {
     }
 }
 
-/// A mid-stream exception, with any echoed parameter value masked.
-fn redact(e: EngineError, query: Query<'_>) -> EngineError {
-    match e {
-        EngineError::Server(mut x) => {
-            x.message = query.redact(&x.message);
-            EngineError::Server(x)
-        }
-        other => other,
-    }
+/// What streaming a result learned.
+struct Streamed {
+    rows: Option<u64>,
+    /// From the format's header; `None` when it has none or it could not be read.
+    columns: Option<Vec<Column>>,
 }
 
 /// Whether the statement returns rows (and so can be DESCRIBEd): a query, not DDL or
@@ -443,14 +526,6 @@ fn returns_rows(sql: &str) -> bool {
     )
 }
 
-fn engine_outcome(e: EngineError) -> Outcome {
-    if e.is_transient() {
-        Outcome::Transient(engine_error(e))
-    } else {
-        Outcome::Failed(engine_error(e))
-    }
-}
-
 fn engine_error(e: EngineError) -> ErrorInfo {
     match e {
         EngineError::Server(x) => ErrorInfo {
@@ -473,14 +548,6 @@ fn engine_error(e: EngineError) -> ErrorInfo {
             message: m,
             clickhouse_code: None,
         },
-    }
-}
-
-fn storage_error(e: ResultsError) -> ErrorInfo {
-    ErrorInfo {
-        code: "STORAGE_ERROR".into(),
-        message: format!("could not store the result: {e}"),
-        clickhouse_code: None,
     }
 }
 
