@@ -2,9 +2,14 @@
 //!
 //! One URL selects the backend through `object_store`: a local directory by default
 //! (`./results`, `file:///var/lib/sluice`), or `s3://bucket/prefix` with the options of
-//! `[results.options]`. Layout: `<prefix>/results/<execution id>/<attempt>.<ext>`. The
-//! attempt is part of the key, so a stale worker that lost its lease can never overwrite
-//! the object of the attempt that replaced it.
+//! `[results.options]`. Layout: `<prefix>/results/<bucket>/<execution id>.<attempt>.<ext>`,
+//! where the bucket is the first 8 hex digits of the (UUIDv7, time-ordered) id: a new
+//! bucket every ~65 s, so a local directory gets one new subdirectory per minute rather
+//! than one per execution (creating a directory on a large ext4 filesystem scans its
+//! block groups: it was a quarter of a worker's CPU on trivial executions). Keys of the
+//! earlier layout, `results/<execution id>/<attempt>.<ext>`, are still read and
+//! collected. The attempt is part of the key, so a stale worker that lost its lease can
+//! never overwrite the object of the attempt that replaced it.
 //!
 //! Writes are multipart uploads of `part_bytes` parts, at most `upload_concurrency` in
 //! flight, so a result of any size takes bounded memory (see [`ResultWriter`]). A write is
@@ -100,7 +105,8 @@ impl ResultStore {
 
     /// Where attempt `attempt` of execution `id` stores its result.
     pub fn key(&self, id: Uuid, attempt: i32, format: Format) -> String {
-        format!("results/{id}/{attempt}.{}", format.extension())
+        let id = id.to_string();
+        format!("results/{}/{id}.{attempt}.{}", &id[..8], format.extension())
     }
 
     fn path(&self, key: &str) -> Path {
@@ -218,11 +224,13 @@ impl ResultStore {
         Ok(keys)
     }
 
-    /// The execution a result key belongs to: `results/<id>/<attempt>.<ext>`.
+    /// The execution a result key belongs to, in either layout (see the module comment).
     pub fn execution_of(key: &str) -> Option<Uuid> {
         let mut parts = key.split('/');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("results"), Some(id), Some(_file), None) => Uuid::parse_str(id).ok(),
+            (Some("results"), Some(dir), Some(file), None) => Uuid::parse_str(dir)
+                .ok()
+                .or_else(|| file.split('.').next().and_then(|id| id.parse().ok())),
             _ => None,
         }
     }
@@ -358,5 +366,34 @@ impl ResultWriter {
         {
             tracing::warn!(error = %e, "could not abort a result upload");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_their_execution_in_both_layouts() {
+        let store = ResultStore::new(&ResultsConfig {
+            url: std::env::temp_dir()
+                .join("sluice-key-test")
+                .display()
+                .to_string(),
+            ..Default::default()
+        })
+        .expect("a local store");
+        let id = Uuid::now_v7();
+        let key = store.key(id, 2, Format::CSV);
+        let text = id.to_string();
+        assert_eq!(key, format!("results/{}/{text}.2.csv", &text[..8]));
+        assert_eq!(ResultStore::execution_of(&key), Some(id));
+        assert_eq!(
+            ResultStore::execution_of(&format!("results/{id}/1.ndjson")),
+            Some(id),
+            "the earlier layout"
+        );
+        assert_eq!(ResultStore::execution_of("results/README"), None);
+        assert_eq!(ResultStore::execution_of("results/0000/x.1.csv"), None);
     }
 }

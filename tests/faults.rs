@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
+use sluice::execution::Format;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +90,7 @@ async fn a_killed_worker_s_execution_is_retried_elsewhere_and_its_query_killed(p
     );
     assert_eq!(
         h.results.list_keys().await.unwrap(),
-        vec![format!("results/{id}/2.ndjson")],
+        vec![h.results.key(id.parse().unwrap(), 2, Format::JSONEachRow)],
         "exactly one result object"
     );
 }
@@ -125,7 +126,7 @@ async fn a_frozen_worker_cannot_overwrite_the_execution_after_it_is_reclaimed(po
     );
     assert_eq!(
         h.results.list_keys().await.unwrap(),
-        vec![format!("results/{id}/2.ndjson")]
+        vec![h.results.key(id.parse().unwrap(), 2, Format::JSONEachRow)]
     );
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use sluice::execution::Format;
 use sqlx::PgPool;
 
 use sluice::bookkeeper::Bookkeeper;
@@ -140,15 +141,21 @@ async fn results_expire_and_orphans_are_collected(pool: PgPool) {
         .wait_for(&ok, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
     h.wait_for(&bad, &["FAILED"], Duration::from_secs(30)).await;
-    let key = format!("results/{ok}/1.ndjson");
+    let key = h.results.key(ok.parse().unwrap(), 1, Format::JSONEachRow);
     assert_eq!(h.results.list_keys().await.unwrap(), vec![key.clone()]);
     assert_eq!(e["result"]["bytes"], 8); // {"1":1}\n
 
-    // An object a dead worker left behind, and one that is not Sluice's at all.
-    let orphan = format!("results/{}/1.ndjson", uuid::Uuid::now_v7());
-    let mut w = h.results.writer(&orphan);
-    w.write(bytes::Bytes::from_static(b"{}\n")).await.unwrap();
-    w.finish().await.unwrap();
+    // Objects a dead worker left behind (in the current key layout and the earlier
+    // one), and one that is not Sluice's at all.
+    let orphans = [
+        h.results.key(uuid::Uuid::now_v7(), 1, Format::JSONEachRow),
+        format!("results/{}/1.ndjson", uuid::Uuid::now_v7()),
+    ];
+    for orphan in &orphans {
+        let mut w = h.results.writer(orphan);
+        w.write(bytes::Bytes::from_static(b"{}\n")).await.unwrap();
+        w.finish().await.unwrap();
+    }
     let mut w = h.results.writer("results/README");
     w.write(bytes::Bytes::from_static(b"keep me"))
         .await

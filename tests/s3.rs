@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use sluice::execution::Format;
 use sqlx::PgPool;
 
 /// A fresh bucket for this test, so tests never see each other's objects.
@@ -61,7 +62,10 @@ async fn results_stream_into_s3_with_multipart_and_back(pool: PgPool) {
     );
 
     let keys = h.results.list_keys().await.unwrap();
-    assert_eq!(keys, vec![format!("results/{id}/1.tsv")]);
+    assert_eq!(
+        keys,
+        vec![h.results.key(id.parse().unwrap(), 1, Format::TabSeparated)]
+    );
 
     let r = h
         .http
