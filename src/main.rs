@@ -63,7 +63,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
     },
-    /// Measure pickup latency, throughput, streaming overhead and worker memory.
+    /// Measure pickup latency, closed- and open-loop throughput against the ClickHouse
+    /// ceiling, streaming overhead, worker memory and claim latency.
     Bench {
         /// Executions timed one by one for pickup latency.
         #[arg(long, default_value_t = 200)]
@@ -71,19 +72,34 @@ enum Command {
         /// Trivial executions for the throughput figure.
         #[arg(long, default_value_t = 2000)]
         trivial: usize,
-        /// Concurrent clients (and worker slots) for the throughput figure.
+        /// Concurrent clients (and worker slots) for the throughput figures.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Executions of the open-loop burst, drained by one and then two workers
+        /// (0 skips it).
+        #[arg(long, default_value_t = 5000)]
+        backlog: usize,
+        /// Finished rows in the table for the second claim-latency figure (0 skips the
+        /// claim figures).
+        #[arg(long, default_value_t = 1_000_000)]
+        claim_rows: i64,
         /// Rows of the large result (~125 bytes each; 8,000,000 is about 1 GB).
         #[arg(long, default_value_t = 8_000_000)]
         large_rows: u64,
         /// Where the bench stores results (e.g. /dev/shm to leave the disk out).
         #[arg(long)]
         results_dir: Option<PathBuf>,
+        /// Result format of the trivial executions (JSON and
+        /// TabSeparatedWithNamesAndTypes carry their columns, so they need no DESCRIBE).
+        #[arg(long, default_value = "JSONEachRow", value_parser = parse_format)]
+        format: sluice::execution::Format,
     },
 }
 
-/// A new key, and the configuration entry that admits it.
+fn parse_format(text: &str) -> Result<sluice::execution::Format, String> {
+    sluice::execution::Format::parse(text).ok_or_else(|| format!("unknown format `{text}`"))
+}
+
 /// Who a new API key or token speaks for (`sluice keygen`, `sluice token`).
 #[derive(clap::Args)]
 struct PrincipalArgs {
@@ -190,15 +206,21 @@ fn main() -> anyhow::Result<()> {
                 pickups,
                 trivial,
                 concurrency,
+                backlog,
+                claim_rows,
                 large_rows,
                 results_dir,
+                format,
             } => {
                 let opts = sluice::bench::BenchOptions {
                     pickups,
                     trivial,
                     concurrency,
+                    backlog,
+                    claim_rows,
                     large_rows,
                     results_dir,
+                    format,
                 };
                 sluice::bench::run(&config, config_path.as_deref(), opts).await?
             }
