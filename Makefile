@@ -44,7 +44,8 @@ test: services-test
 	@echo "=== integration suite against ClickHouse 18.16 (Debian, port 8123) ==="
 	SLUICE_TEST_CLICKHOUSE_URL=http://127.0.0.1:8123 $(CARGO) test --tests -- --test-threads=$(TEST_THREADS)
 
-# Figures for the issue notes: pickup latency, throughput, streaming ratio, worker RSS.
+# Figures for the issue notes: pickup latency, closed loop, backlog drain against the
+# ClickHouse ceiling with a per-step breakdown, streaming ratio, worker RSS, claim latency.
 bench: db
 	$(CARGO) build --release
 	./target/release/sluice --config $(CONFIG) bench
