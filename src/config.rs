@@ -345,7 +345,12 @@ pub struct TierConfig {
     /// `max_memory_usage`). `readonly = 1` is added unless set here.
     #[serde(default)]
     pub settings: BTreeMap<String, SettingValue>,
-    /// Settings a client may add to a submission. Anything else is rejected with 400.
+    /// Kinds of statement this tier runs (`read`, `write`, `admin`; see `sql`): anything
+    /// else is refused with 400 before it is queued.
+    #[serde(default = "default_allowed_statements")]
+    pub allowed_statements: Vec<crate::sql::Kind>,
+    /// Settings a client may add to a submission (in `settings` or in the SQL's
+    /// `SETTINGS` clause). Anything else is rejected with 400.
     #[serde(default = "default_client_settings")]
     pub client_settings: Vec<String>,
     /// Numeric bounds of client settings, e.g. `max_threads = { max = 8 }`.
@@ -534,6 +539,30 @@ fn default_true() -> bool {
 }
 fn default_max_sql_bytes() -> usize {
     256 * 1024
+}
+/// URL parameters Sluice sets itself; neither tiers nor clients may set them.
+pub const RESERVED_PARAMS: &[&str] = &[
+    "query",
+    "query_id",
+    "default_format",
+    "database",
+    "user",
+    "password",
+    "quota_key",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "compress",
+    "decompress",
+    "enable_http_compression",
+    "buffer_size",
+    "wait_end_of_query",
+    "send_progress_in_http_headers",
+    "http_write_exception_in_output_format",
+];
+
+fn default_allowed_statements() -> Vec<crate::sql::Kind> {
+    vec![crate::sql::Kind::Read]
 }
 fn default_concurrency() -> usize {
     4
@@ -820,7 +849,7 @@ fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
                 "not a valid setting name",
             ));
         }
-        if crate::clickhouse::RESERVED_PARAMS.contains(&setting.as_str()) {
+        if RESERVED_PARAMS.contains(&setting.as_str()) {
             return Err(invalid(
                 key(&format!("settings.{setting}")),
                 "is set by Sluice itself and cannot be configured",
@@ -842,7 +871,7 @@ fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
                 format!("`{setting}` is not a valid setting name"),
             ));
         }
-        if crate::clickhouse::RESERVED_PARAMS.contains(&setting.as_str()) || setting == "readonly" {
+        if RESERVED_PARAMS.contains(&setting.as_str()) || setting == "readonly" {
             return Err(invalid(
                 key("client_settings"),
                 format!("`{setting}` cannot be left to clients"),

@@ -90,17 +90,35 @@ impl fmt::Display for Status {
 }
 
 /// Output formats Sluice stores. The bytes are ClickHouse's own output in that format.
+/// Which of them a server can write is asked of the server (`system.formats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum Format {
     JSONEachRow,
     JSON,
     JSONCompact,
     JSONCompactEachRow,
+    JSONCompactEachRowWithNamesAndTypes,
+    JSONStrings,
+    JSONCompactStrings,
+    JSONStringsEachRow,
     CSV,
     CSVWithNames,
+    CSVWithNamesAndTypes,
     TabSeparated,
+    TabSeparatedRaw,
     TabSeparatedWithNames,
     TabSeparatedWithNamesAndTypes,
+    TSKV,
+    Values,
+    XML,
+    Pretty,
+    PrettyCompact,
+    PrettyCompactMonoBlock,
+    PrettyNoEscapes,
+    PrettySpace,
+    Vertical,
+    Markdown,
+    RowBinary,
     Native,
     Parquet,
     Arrow,
@@ -117,21 +135,41 @@ pub enum RowCounting {
     CsvLines { header_lines: u64 },
     /// The format reports `"rows": N` at its end.
     JsonRowsField,
-    /// A binary format: Sluice does not decode it, the row count stays unknown.
+    /// The format reports `<rows>N</rows>` at its end.
+    XmlRowsField,
+    /// A layout for people or a binary format: Sluice does not decode it, the row count
+    /// stays unknown.
     Unknown,
 }
 
 impl Format {
-    pub const ALL: [Format; 13] = [
+    pub const ALL: [Format; 30] = [
         Format::JSONEachRow,
         Format::JSON,
         Format::JSONCompact,
         Format::JSONCompactEachRow,
+        Format::JSONCompactEachRowWithNamesAndTypes,
+        Format::JSONStrings,
+        Format::JSONCompactStrings,
+        Format::JSONStringsEachRow,
         Format::CSV,
         Format::CSVWithNames,
+        Format::CSVWithNamesAndTypes,
         Format::TabSeparated,
+        Format::TabSeparatedRaw,
         Format::TabSeparatedWithNames,
         Format::TabSeparatedWithNamesAndTypes,
+        Format::TSKV,
+        Format::Values,
+        Format::XML,
+        Format::Pretty,
+        Format::PrettyCompact,
+        Format::PrettyCompactMonoBlock,
+        Format::PrettyNoEscapes,
+        Format::PrettySpace,
+        Format::Vertical,
+        Format::Markdown,
+        Format::RowBinary,
         Format::Native,
         Format::Parquet,
         Format::Arrow,
@@ -144,11 +182,28 @@ impl Format {
             Format::JSON => "JSON",
             Format::JSONCompact => "JSONCompact",
             Format::JSONCompactEachRow => "JSONCompactEachRow",
+            Format::JSONCompactEachRowWithNamesAndTypes => "JSONCompactEachRowWithNamesAndTypes",
+            Format::JSONStrings => "JSONStrings",
+            Format::JSONCompactStrings => "JSONCompactStrings",
+            Format::JSONStringsEachRow => "JSONStringsEachRow",
             Format::CSV => "CSV",
             Format::CSVWithNames => "CSVWithNames",
+            Format::CSVWithNamesAndTypes => "CSVWithNamesAndTypes",
             Format::TabSeparated => "TabSeparated",
+            Format::TabSeparatedRaw => "TabSeparatedRaw",
             Format::TabSeparatedWithNames => "TabSeparatedWithNames",
             Format::TabSeparatedWithNamesAndTypes => "TabSeparatedWithNamesAndTypes",
+            Format::TSKV => "TSKV",
+            Format::Values => "Values",
+            Format::XML => "XML",
+            Format::Pretty => "Pretty",
+            Format::PrettyCompact => "PrettyCompact",
+            Format::PrettyCompactMonoBlock => "PrettyCompactMonoBlock",
+            Format::PrettyNoEscapes => "PrettyNoEscapes",
+            Format::PrettySpace => "PrettySpace",
+            Format::Vertical => "Vertical",
+            Format::Markdown => "Markdown",
+            Format::RowBinary => "RowBinary",
             Format::Native => "Native",
             Format::Parquet => "Parquet",
             Format::Arrow => "Arrow",
@@ -156,12 +211,16 @@ impl Format {
         }
     }
 
-    /// Case-insensitive, and accepts ClickHouse's `TSV...` aliases.
+    /// Case-insensitive, and accepts ClickHouse's aliases (`TSV...`, `JSONLines`,
+    /// `NDJSON`).
     pub fn parse(s: &str) -> Option<Format> {
         let canonical = match s.to_ascii_lowercase().as_str() {
             "tsv" => "TabSeparated",
+            "tsvraw" => "TabSeparatedRaw",
             "tsvwithnames" => "TabSeparatedWithNames",
             "tsvwithnamesandtypes" => "TabSeparatedWithNamesAndTypes",
+            "jsonlines" | "ndjson" => "JSONEachRow",
+            "md" => "Markdown",
             _ => s,
         };
         Format::ALL
@@ -170,57 +229,93 @@ impl Format {
     }
 
     pub fn content_type(self) -> &'static str {
+        use Format::*;
         match self {
-            Format::JSONEachRow | Format::JSONCompactEachRow => "application/x-ndjson",
-            Format::JSON | Format::JSONCompact => "application/json",
-            Format::CSV | Format::CSVWithNames => "text/csv; charset=utf-8",
-            Format::TabSeparated
-            | Format::TabSeparatedWithNames
-            | Format::TabSeparatedWithNamesAndTypes => "text/tab-separated-values; charset=utf-8",
-            Format::Native => "application/octet-stream",
-            Format::Parquet => "application/vnd.apache.parquet",
-            Format::Arrow => "application/vnd.apache.arrow.file",
-            Format::ArrowStream => "application/vnd.apache.arrow.stream",
+            JSONEachRow
+            | JSONCompactEachRow
+            | JSONCompactEachRowWithNamesAndTypes
+            | JSONStringsEachRow => "application/x-ndjson",
+            JSON | JSONCompact | JSONStrings | JSONCompactStrings => "application/json",
+            CSV | CSVWithNames | CSVWithNamesAndTypes => "text/csv; charset=utf-8",
+            TabSeparated
+            | TabSeparatedRaw
+            | TabSeparatedWithNames
+            | TabSeparatedWithNamesAndTypes => "text/tab-separated-values; charset=utf-8",
+            XML => "application/xml",
+            Markdown => "text/markdown; charset=utf-8",
+            TSKV
+            | Values
+            | Pretty
+            | PrettyCompact
+            | PrettyCompactMonoBlock
+            | PrettyNoEscapes
+            | PrettySpace
+            | Vertical => "text/plain; charset=utf-8",
+            RowBinary | Native => "application/octet-stream",
+            Parquet => "application/vnd.apache.parquet",
+            Arrow => "application/vnd.apache.arrow.file",
+            ArrowStream => "application/vnd.apache.arrow.stream",
         }
     }
 
     pub fn extension(self) -> &'static str {
+        use Format::*;
         match self {
-            Format::JSONEachRow | Format::JSONCompactEachRow => "ndjson",
-            Format::JSON | Format::JSONCompact => "json",
-            Format::CSV | Format::CSVWithNames => "csv",
-            Format::TabSeparated
-            | Format::TabSeparatedWithNames
-            | Format::TabSeparatedWithNamesAndTypes => "tsv",
-            Format::Native => "native",
-            Format::Parquet => "parquet",
-            Format::Arrow => "arrow",
-            Format::ArrowStream => "arrows",
-        }
-    }
-
-    /// The oldest ClickHouse (major, minor) that can write this format.
-    pub fn min_server_version(self) -> (u32, u32) {
-        match self {
-            Format::Parquet => (19, 12),
-            Format::Arrow | Format::ArrowStream => (20, 1),
-            _ => (1, 1),
+            JSONEachRow
+            | JSONCompactEachRow
+            | JSONCompactEachRowWithNamesAndTypes
+            | JSONStringsEachRow => "ndjson",
+            JSON | JSONCompact | JSONStrings | JSONCompactStrings => "json",
+            CSV | CSVWithNames | CSVWithNamesAndTypes => "csv",
+            TabSeparated
+            | TabSeparatedRaw
+            | TabSeparatedWithNames
+            | TabSeparatedWithNamesAndTypes => "tsv",
+            TSKV => "tskv",
+            XML => "xml",
+            Markdown => "md",
+            Values
+            | Pretty
+            | PrettyCompact
+            | PrettyCompactMonoBlock
+            | PrettyNoEscapes
+            | PrettySpace
+            | Vertical => "txt",
+            RowBinary => "bin",
+            Native => "native",
+            Parquet => "parquet",
+            Arrow => "arrow",
+            ArrowStream => "arrows",
         }
     }
 
     pub fn row_counting(self) -> RowCounting {
+        use Format::*;
         match self {
-            Format::JSONEachRow | Format::JSONCompactEachRow | Format::TabSeparated => {
-                RowCounting::Lines { header_lines: 0 }
+            JSONEachRow | JSONCompactEachRow | JSONStringsEachRow | TabSeparated
+            | TabSeparatedRaw | TSKV => RowCounting::Lines { header_lines: 0 },
+            TabSeparatedWithNames => RowCounting::Lines { header_lines: 1 },
+            TabSeparatedWithNamesAndTypes | JSONCompactEachRowWithNamesAndTypes => {
+                RowCounting::Lines { header_lines: 2 }
             }
-            Format::TabSeparatedWithNames => RowCounting::Lines { header_lines: 1 },
-            Format::TabSeparatedWithNamesAndTypes => RowCounting::Lines { header_lines: 2 },
-            Format::CSV => RowCounting::CsvLines { header_lines: 0 },
-            Format::CSVWithNames => RowCounting::CsvLines { header_lines: 1 },
-            Format::JSON | Format::JSONCompact => RowCounting::JsonRowsField,
-            Format::Native | Format::Parquet | Format::Arrow | Format::ArrowStream => {
-                RowCounting::Unknown
-            }
+            CSV => RowCounting::CsvLines { header_lines: 0 },
+            CSVWithNames => RowCounting::CsvLines { header_lines: 1 },
+            CSVWithNamesAndTypes => RowCounting::CsvLines { header_lines: 2 },
+            JSON | JSONCompact | JSONStrings | JSONCompactStrings => RowCounting::JsonRowsField,
+            XML => RowCounting::XmlRowsField,
+            Values
+            | Pretty
+            | PrettyCompact
+            | PrettyCompactMonoBlock
+            | PrettyNoEscapes
+            | PrettySpace
+            | Vertical
+            | Markdown
+            | RowBinary
+            | Native
+            | Parquet
+            | Arrow
+            | ArrowStream => RowCounting::Unknown,
         }
     }
 }
@@ -306,7 +401,10 @@ pub struct ResultMeta {
     /// Number of rows; absent for binary formats Sluice does not decode.
     #[serde(default)]
     pub rows: Option<u64>,
-    pub columns: Vec<Column>,
+    /// The result's columns: empty for statements without rows, `None` when they
+    /// could not be learned (see `worker::run`).
+    #[serde(default)]
+    pub columns: Option<Vec<Column>>,
 }
 
 /// Live statistics of a running query, from ClickHouse's `system.processes`.
@@ -407,7 +505,8 @@ mod tests {
             Format::parse("TSVWithNamesAndTypes"),
             Some(Format::TabSeparatedWithNamesAndTypes)
         );
-        assert_eq!(Format::parse("Pretty"), None);
+        assert_eq!(Format::parse("Protobuf"), None);
+        assert_eq!(Format::parse("ndjson"), Some(Format::JSONEachRow));
         for f in Format::ALL {
             assert_eq!(Format::parse(f.as_str()), Some(f));
         }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outage;
 pub mod results;
 pub mod roles;
+pub mod sql;
 pub mod store;
 pub mod worker;
 

@@ -101,17 +101,17 @@ async fn each_bad_field_gets_its_own_400(pool: PgPool) {
             "gold",
         ),
         (
-            json!({ "sql": "SELECT 1", "format": "Pretty" }),
+            json!({ "sql": "SELECT 1", "format": "Protobuf" }),
             "unknown_format",
-            "Pretty",
+            "Protobuf",
         ),
         (
             json!({ "sql": "SELECT 1", "colour": "red" }),
             "unknown_field",
             "colour",
         ),
-        (json!({ "sql": "" }), "empty_sql", "sql"),
-        (json!({ "sql": "  \n\t " }), "empty_sql", "sql"),
+        (json!({ "sql": "" }), "empty_sql", "empty"),
+        (json!({ "sql": "  \n\t " }), "empty_sql", "empty"),
         (json!({ "format": "CSV" }), "missing_field", "sql"),
         (
             json!({ "sql": "SELECT 1", "settings": { "readonly": 0 } }),
@@ -169,7 +169,7 @@ async fn wrong_content_type_and_bad_query_strings(pool: PgPool) {
         "application/xml",
     );
     let (s, v) = post_raw(&h, "text/plain", "").await;
-    assert_error(s, &v, StatusCode::BAD_REQUEST, "empty_sql", "sql");
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "empty_sql", "empty");
     let (s, v) = h
         .post("/v1/executions?tier=nope", "text/plain", "SELECT 1")
         .await;

@@ -136,7 +136,7 @@ fn short_retention(purge_after: &str) -> Setup {
 async fn results_expire_and_orphans_are_collected(pool: PgPool) {
     let h = Harness::with(pool, short_retention("1h")).await;
     let ok = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
-    let bad = h.submit_ok(json!({ "sql": "SELEC 1" })).await;
+    let bad = h.submit_ok(json!({ "sql": "SELECT 1 +" })).await;
     let e = h
         .wait_for(&ok, &["SUCCEEDED"], Duration::from_secs(30))
         .await;

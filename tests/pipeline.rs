@@ -172,7 +172,7 @@ async fn status_moves_pending_running_succeeded_with_timings(pool: PgPool) {
 async fn sql_errors_fail_with_clickhouse_code(pool: PgPool) {
     let h = Harness::start(pool).await;
     let cases = [
-        ("SELEC 1", 62),
+        ("SELECT 1 +", 62),
         ("SELECT * FROM no_such_database.no_such_table", 81),
         ("SELECT * FROM system.no_such_table", 60),
     ];

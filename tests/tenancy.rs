@@ -299,10 +299,13 @@ async fn a_readonly_tier_cannot_write_and_a_writable_one_can(pool: PgPool) {
     let h = Harness::with(
         pool,
         Setup {
-            workers: vec!["default", "writer"],
+            workers: vec!["default", "writer", "readonly_writer"],
             extra: format!(
-                "[tiers.writer]\nclickhouse_url = \"{}\"\n[tiers.writer.settings]\nreadonly = 0\n",
-                clickhouse_url()
+                "[tiers.writer]\nclickhouse_url = \"{url}\"\nallowed_statements = [\"read\", \"write\"]\n\
+                 [tiers.writer.settings]\nreadonly = 0\n\
+                 [tiers.readonly_writer]\nclickhouse_url = \"{url}\"\n\
+                 allowed_statements = [\"read\", \"write\"]\n",
+                url = clickhouse_url()
             ),
             ..Default::default()
         },
@@ -317,14 +320,31 @@ async fn a_readonly_tier_cannot_write_and_a_writable_one_can(pool: PgPool) {
         }
     };
     let create = format!("CREATE TABLE {table} (x UInt64) ENGINE = Memory");
-    let e = run(create.clone(), "default").await;
+    let insert = format!("INSERT INTO {table} SELECT number FROM system.numbers LIMIT 3");
+    // The default tier runs reads only: refused before it is queued.
+    for sql in [&create, &insert] {
+        let (status, v) = h.submit(json!({"sql": sql})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["code"], "statement_not_allowed", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("write"),
+            "{v}"
+        );
+    }
+    // A tier that lets writes through the gateway but keeps readonly = 1: ClickHouse
+    // itself refuses them.
+    let e = run(create.clone(), "readonly_writer").await;
     assert_eq!(e["status"], "FAILED", "{e}");
     assert_eq!(e["error"]["clickhouse_code"], 164, "READONLY: {e}");
 
     let e = run(create, "writer").await;
     assert_eq!(e["status"], "SUCCEEDED", "{e}");
-    let insert = format!("INSERT INTO {table} SELECT number FROM system.numbers LIMIT 3");
-    let e = run(insert.clone(), "default").await;
+    assert_eq!(
+        e["result"]["columns"],
+        json!([]),
+        "no rows, no columns: {e}"
+    );
+    let e = run(insert.clone(), "readonly_writer").await;
     assert_eq!(e["status"], "FAILED", "{e}");
     assert_eq!(e["error"]["clickhouse_code"], 164, "READONLY: {e}");
     let e = run(insert, "writer").await;

@@ -21,6 +21,7 @@ use super::model::{
 use crate::auth::Principal;
 use crate::config::valid_setting_name;
 use crate::execution::{Format, Status, query_hash};
+use crate::sql;
 use crate::store::queue::CancelOutcome;
 use crate::store::read::ListFilter;
 use crate::store::submit::{NewExecution, Submitted};
@@ -197,12 +198,8 @@ fn validate(
     principal: &Principal,
     r: SubmitRequest,
 ) -> Result<NewExecution, ApiError> {
-    if r.sql.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_sql",
-            "`sql` must not be empty",
-        ));
-    }
+    no_nul("sql", "invalid_sql", &r.sql)?;
+    let statement = sql::analyze(&r.sql).map_err(statement_error)?;
     let tier_name = r
         .tier
         .or_else(|| principal.default_tier.clone())
@@ -211,7 +208,8 @@ fn validate(
         return Err(ApiError::bad_request(
             "unknown_tier",
             format!(
-                "unknown tier `{tier_name}`; tiers you may use: {}",
+                "unknown tier `{}`; tiers you may use: {}",
+                tier_name.escape_debug(),
                 ctx.config
                     .tiers
                     .keys()
@@ -229,18 +227,22 @@ fn validate(
             tier: tier_name,
         });
     }
-    let format = match r.format.as_deref() {
-        None => DEFAULT_FORMAT,
-        Some(f) => Format::parse(f).ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_format",
-                format!(
-                    "unknown format `{f}`; supported: {}",
-                    Format::ALL.map(|f| f.as_str()).join(", ")
-                ),
-            )
-        })?,
-    };
+    if !tier.allowed_statements.contains(&statement.kind) {
+        return Err(ApiError::bad_request(
+            "statement_not_allowed",
+            format!(
+                "`{}` is a {} statement; tier `{tier_name}` runs {} statements only",
+                statement.keyword,
+                statement.kind,
+                tier.allowed_statements
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ));
+    }
+    let format = output_format(r.format.as_deref(), &statement)?;
     let priority = r.priority.unwrap_or(0);
     if !(0..=9).contains(&priority) {
         return Err(ApiError::bad_request(
@@ -250,45 +252,38 @@ fn validate(
     }
     let mut settings = BTreeMap::new();
     for (name, value) in r.settings.unwrap_or_default() {
-        if !valid_setting_name(&name) || !tier.client_settings.contains(&name) {
-            return Err(ApiError::bad_request(
-                "setting_not_allowed",
-                format!(
-                    "setting `{name}` is not allowed on tier `{tier_name}`; allowed: {}",
-                    tier.client_settings.join(", ")
-                ),
-            ));
-        }
         let value = scalar(&value).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_setting",
-                format!("setting `{name}` must be a single-line string, a number or a boolean"),
+                format!(
+                    "setting `{}` must be a single-line string, a number or a boolean",
+                    name.escape_debug()
+                ),
             )
         })?;
-        if let Some(bounds) = tier.client_setting_bounds.get(&name) {
-            let n: Option<f64> = value.parse().ok();
-            let inside = n.is_some_and(|n| {
-                bounds.min.is_none_or(|lo| n >= lo) && bounds.max.is_none_or(|hi| n <= hi)
-            });
-            if !inside {
-                return Err(ApiError::bad_request(
-                    "setting_out_of_bounds",
-                    format!(
-                        "setting `{name}` on tier `{tier_name}` must be a number{}{}",
-                        bounds.min.map(|m| format!(" >= {m}")).unwrap_or_default(),
-                        bounds.max.map(|m| format!(" <= {m}")).unwrap_or_default(),
-                    ),
-                ));
-            }
-        }
+        check_setting(&tier_name, tier, &name, &value, "")?;
         settings.insert(name, value);
+    }
+    // The statement's own SETTINGS clause gets the same checks: it would otherwise
+    // override the tier's limits (ClickHouse refuses it anyway under readonly = 1).
+    for (name, value) in &statement.settings {
+        check_setting(
+            &tier_name,
+            tier,
+            name,
+            value,
+            " (in the SQL's SETTINGS clause)",
+        )?;
     }
     let mut parameters = BTreeMap::new();
     for (name, value) in r.parameters.unwrap_or_default() {
         if !valid_setting_name(&name) {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
-                format!("parameter names are identifiers (letters, digits, `_`): `{name}`"),
+                format!(
+                    "parameter names are identifiers (letters, digits, `_`): `{}`",
+                    name.escape_debug()
+                ),
             ));
         }
         // The value is a secret: the message names the parameter, never the value.
@@ -306,6 +301,7 @@ fn validate(
                 ));
             }
         };
+        no_nul(&format!("parameter `{name}`"), "invalid_parameter", &value)?;
         parameters.insert(name, value);
     }
     let hash = query_hash(&r.sql, &tier_name, format, &settings, &parameters);
@@ -317,7 +313,10 @@ fn validate(
                 format!("query_id must be 1 to {MAX_QUERY_ID_LEN} characters"),
             ));
         }
-        Some(q) => q,
+        Some(q) => {
+            no_nul("query_id", "invalid_query_id", &q)?;
+            q
+        }
     };
     let max_running = principal.max_running.or(tier.max_running_per_tenant);
     let max_queued = principal.max_queued.or(tier.max_queued_per_tenant);
@@ -337,6 +336,98 @@ fn validate(
         max_running: max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         max_queued: max_queued.map(i64::from),
     })
+}
+
+/// Why the SQL cannot be queued, as the 400 that says so.
+fn statement_error(e: sql::SqlError) -> ApiError {
+    let code = match e {
+        sql::SqlError::Empty => "empty_sql",
+        sql::SqlError::MultiStatement => "multiple_statements",
+        sql::SqlError::IntoOutfile => "into_outfile",
+        sql::SqlError::Unterminated(_) => "invalid_sql",
+        sql::SqlError::UnknownStatement(_) => "unknown_statement",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+/// The execution's format: the `format` field, or the statement's own `FORMAT` clause
+/// (ClickHouse writes what the clause names, so the result is stored as that); both
+/// must agree when both are given.
+fn output_format(field: Option<&str>, statement: &sql::Statement) -> Result<Format, ApiError> {
+    let parse = |f: &str, source: &str| {
+        Format::parse(f).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_format",
+                format!(
+                    "unknown format `{}`{source}; supported: {}",
+                    f.escape_debug(),
+                    Format::ALL.map(|f| f.as_str()).join(", ")
+                ),
+            )
+        })
+    };
+    let clause = match &statement.format {
+        Some((name, _)) => Some(parse(name, " in the SQL's FORMAT clause")?),
+        None => None,
+    };
+    match (field.map(|f| parse(f, "")).transpose()?, clause) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+            "format_conflict",
+            format!("`format` says {a} but the SQL ends with FORMAT {b}; give one of them"),
+        )),
+        (Some(f), _) | (None, Some(f)) => Ok(f),
+        (None, None) => Ok(DEFAULT_FORMAT),
+    }
+}
+
+/// 400 unless a client may set `name` to `value` on `tier` (the allow-list and numeric
+/// bounds of `client_settings`); `place` says where the setting was found.
+fn check_setting(
+    tier_name: &str,
+    tier: &crate::config::TierConfig,
+    name: &str,
+    value: &str,
+    place: &str,
+) -> Result<(), ApiError> {
+    if !valid_setting_name(name) || !tier.client_settings.iter().any(|s| s == name) {
+        return Err(ApiError::bad_request(
+            "setting_not_allowed",
+            format!(
+                "setting `{}`{place} is not allowed on tier `{tier_name}`; allowed: {}",
+                name.escape_debug(),
+                tier.client_settings.join(", ")
+            ),
+        ));
+    }
+    no_nul(&format!("setting `{name}`"), "invalid_setting", value)?;
+    if let Some(bounds) = tier.client_setting_bounds.get(name) {
+        let n: Option<f64> = value.parse().ok();
+        let inside = n.is_some_and(|n| {
+            bounds.min.is_none_or(|lo| n >= lo) && bounds.max.is_none_or(|hi| n <= hi)
+        });
+        if !inside {
+            return Err(ApiError::bad_request(
+                "setting_out_of_bounds",
+                format!(
+                    "setting `{name}`{place} on tier `{tier_name}` must be a number{}{}",
+                    bounds.min.map(|m| format!(" >= {m}")).unwrap_or_default(),
+                    bounds.max.map(|m| format!(" <= {m}")).unwrap_or_default(),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 400 `code` when `value` holds a NUL byte, which Postgres cannot store in text.
+pub(super) fn no_nul(field: &str, code: &'static str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{field} must not contain a NUL byte (\\0)"),
+        ));
+    }
+    Ok(())
 }
 
 /// A setting value as ClickHouse takes it in a URL: single-line text.
@@ -426,6 +517,15 @@ pub async fn list(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ExecutionPage>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    for (field, value) in [
+        ("query_id", &p.query_id),
+        ("tier", &p.tier),
+        ("tenant", &p.tenant),
+    ] {
+        if let Some(v) = value {
+            no_nul(field, "invalid_filter", v)?;
+        }
+    }
     let max = ctx.config.api.max_page_size;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE_SIZE.min(max));
     if limit == 0 || limit > max {

@@ -97,7 +97,10 @@ pub struct ResultView {
     pub bytes: u64,
     /// Absent for binary formats (Native, Parquet, Arrow).
     pub rows: Option<u64>,
-    pub columns: Vec<Column>,
+    /// Names and ClickHouse types; empty for statements without rows, `null` when they
+    /// could not be learned (a statement DESCRIBE cannot describe, in a format without
+    /// a header, such as `SHOW TABLES` as CSV).
+    pub columns: Option<Vec<Column>>,
     /// Where to download it.
     pub url: String,
 }

@@ -1,7 +1,9 @@
 //! Column names and types from the header some formats carry, read from the first bytes
 //! of the result as they stream past, so that a result in those formats needs no
-//! DESCRIBE: `meta` of JSON and JSONCompact, the first two lines of
-//! TabSeparatedWithNamesAndTypes. At most [`HEADER_LIMIT`] bytes are kept while looking.
+//! DESCRIBE: `meta` of JSON, JSONCompact, JSONStrings and JSONCompactStrings, the first
+//! two lines of TabSeparatedWithNamesAndTypes, CSVWithNamesAndTypes and
+//! JSONCompactEachRowWithNamesAndTypes. At most [`HEADER_LIMIT`] bytes are kept while
+//! looking.
 
 use bytes::BytesMut;
 use serde::Deserialize;
@@ -18,6 +20,10 @@ enum Kind {
     JsonMeta,
     /// A line of names and a line of types, tab-separated and escaped.
     TsvNamesAndTypes,
+    /// The same, comma-separated and quoted.
+    CsvNamesAndTypes,
+    /// The same, as JSON arrays of strings.
+    JsonNamesAndTypes,
 }
 
 /// Reads the header of one result.
@@ -33,8 +39,13 @@ impl HeaderReader {
     /// `None` when `format` carries no names and types.
     pub fn new(format: Format) -> Option<HeaderReader> {
         let kind = match format {
-            Format::JSON | Format::JSONCompact => Kind::JsonMeta,
+            Format::JSON
+            | Format::JSONCompact
+            | Format::JSONStrings
+            | Format::JSONCompactStrings => Kind::JsonMeta,
             Format::TabSeparatedWithNamesAndTypes => Kind::TsvNamesAndTypes,
+            Format::CSVWithNamesAndTypes => Kind::CsvNamesAndTypes,
+            Format::JSONCompactEachRowWithNamesAndTypes => Kind::JsonNamesAndTypes,
             _ => return None,
         };
         Some(HeaderReader {
@@ -52,7 +63,11 @@ impl HeaderReader {
         self.head.extend_from_slice(chunk);
         let parsed = match self.kind {
             Kind::JsonMeta => json_meta(&self.head),
-            Kind::TsvNamesAndTypes => tsv_names_and_types(&self.head),
+            Kind::TsvNamesAndTypes => names_and_types(&self.head, tsv_fields),
+            Kind::CsvNamesAndTypes => names_and_types(&self.head, csv_fields),
+            Kind::JsonNamesAndTypes => names_and_types(&self.head, |line| {
+                serde_json::from_slice::<Vec<String>>(line).ok()
+            }),
         };
         match parsed {
             Parsed::Columns(c) => self.found = Some(Some(c)),
@@ -125,7 +140,8 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-fn tsv_names_and_types(head: &[u8]) -> Parsed {
+/// Two complete lines, names then types, each split into fields by `fields`.
+fn names_and_types(head: &[u8], fields: impl Fn(&[u8]) -> Option<Vec<String>>) -> Parsed {
     let mut lines = head.split(|&b| b == b'\n');
     let (Some(names), Some(types)) = (lines.next(), lines.next()) else {
         return Parsed::NeedMore;
@@ -134,9 +150,6 @@ fn tsv_names_and_types(head: &[u8]) -> Parsed {
     if lines.next().is_none() {
         return Parsed::NeedMore;
     }
-    let fields = |line: &[u8]| -> Option<Vec<String>> {
-        line.split(|&b| b == b'\t').map(tsv_unescape).collect()
-    };
     match (fields(names), fields(types)) {
         (Some(names), Some(types)) if names.len() == types.len() => Parsed::Columns(
             names
@@ -146,6 +159,47 @@ fn tsv_names_and_types(head: &[u8]) -> Parsed {
                 .collect(),
         ),
         _ => Parsed::Invalid,
+    }
+}
+
+fn tsv_fields(line: &[u8]) -> Option<Vec<String>> {
+    line.split(|&b| b == b'\t').map(tsv_unescape).collect()
+}
+
+/// The fields of one CSV line as ClickHouse writes a header: each quoted, `""` for `"`.
+fn csv_fields(line: &[u8]) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut rest = line.strip_suffix(b"\r").unwrap_or(line);
+    loop {
+        let mut field = Vec::new();
+        if let Some(quoted) = rest.strip_prefix(b"\"") {
+            let mut i = 0;
+            loop {
+                match quoted.get(i) {
+                    Some(b'"') if quoted.get(i + 1) == Some(&b'"') => {
+                        field.push(b'"');
+                        i += 2;
+                    }
+                    Some(b'"') => break,
+                    Some(&b) => {
+                        field.push(b);
+                        i += 1;
+                    }
+                    None => return None,
+                }
+            }
+            rest = &quoted[i + 1..];
+        } else {
+            let end = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
+            field.extend_from_slice(&rest[..end]);
+            rest = &rest[end..];
+        }
+        fields.push(String::from_utf8(field).ok()?);
+        match rest.split_first() {
+            None => return Some(fields),
+            Some((b',', after)) => rest = after,
+            Some(_) => return None,
+        }
     }
 }
 
@@ -216,6 +270,21 @@ mod tests {
                 Some(want.clone())
             );
         }
+    }
+
+    #[test]
+    fn csv_and_json_names_and_types() {
+        let want = vec![col("a,\"b\"", "UInt8"), col("c", "String")];
+        let csv = b"\"a,\"\"b\"\"\",\"c\"\n\"UInt8\",\"String\"\n1,\"x\"\n";
+        assert_eq!(
+            read(Format::CSVWithNamesAndTypes, &[csv]),
+            Some(want.clone())
+        );
+        let json = b"[\"a,\\\"b\\\"\", \"c\"]\n[\"UInt8\", \"String\"]\n[1, \"x\"]\n";
+        assert_eq!(
+            read(Format::JSONCompactEachRowWithNamesAndTypes, &[json]),
+            Some(want)
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@
 //! logged, and any echo of a value in a server message is masked before the message
 //! leaves this module (see [`Query::redact`]).
 //!
-//! The server version is read once per URL and decides what the endpoint can do
-//! (see [`ServerVersion`]). This module never touches Postgres or the object store.
+//! The server's version and output formats are read once per URL and decide what the
+//! endpoint can do (see [`ServerInfo`]). This module never touches Postgres or the object store.
 
 pub mod exception;
 pub mod header;
@@ -41,27 +41,6 @@ use crate::config::TierConfig;
 use crate::execution::{Column, Format};
 pub use exception::{ServerException, Tail};
 pub use header::HeaderReader;
-
-/// URL parameters Sluice sets itself; neither tiers nor clients may set them.
-pub const RESERVED_PARAMS: &[&str] = &[
-    "query",
-    "query_id",
-    "default_format",
-    "database",
-    "user",
-    "password",
-    "quota_key",
-    "session_id",
-    "session_timeout",
-    "session_check",
-    "compress",
-    "decompress",
-    "enable_http_compression",
-    "buffer_size",
-    "wait_end_of_query",
-    "send_progress_in_http_headers",
-    "http_write_exception_in_output_format",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -173,7 +152,6 @@ impl ServerVersion {
         (self.major, self.minor) >= (major, minor)
     }
 
-    /// Whether this server can write `format`; an error that says why not.
     /// Query parameters (`{name:Type}` with `param_<name>`) came with 19.x; 18.x takes
     /// `param_x` for an unknown setting.
     pub fn check_parameters(self) -> Result<(), EngineError> {
@@ -186,16 +164,31 @@ impl ServerVersion {
             )))
         }
     }
+}
 
-    pub fn check_format(self, format: Format) -> Result<(), EngineError> {
-        let (major, minor) = format.min_server_version();
-        if self.at_least((major, minor)) {
+/// What one server is and can do, asked once per URL.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: ServerVersion,
+    /// The output formats it writes (`system.formats`).
+    formats: Arc<std::collections::HashSet<String>>,
+}
+
+impl ServerInfo {
+    /// Whether this server writes `format`; an error that says why not.
+    pub fn check_format(&self, format: Format) -> Result<(), EngineError> {
+        if self.formats.contains(format.as_str()) {
             Ok(())
         } else {
             Err(EngineError::Unsupported(format!(
-                "format {format} needs ClickHouse >= {major}.{minor}; this tier's server is {self}"
+                "format {format} is not one this tier's server (ClickHouse {}) writes",
+                self.version
             )))
         }
+    }
+
+    pub fn check_parameters(&self) -> Result<(), EngineError> {
+        self.version.check_parameters()
     }
 }
 
@@ -291,7 +284,7 @@ impl Redactor {
 struct Node {
     url: String,
     control: clickhouse::Client,
-    version: OnceCell<ServerVersion>,
+    server: OnceCell<ServerInfo>,
 }
 
 /// One tier's ClickHouse: one or several URLs.
@@ -357,7 +350,7 @@ impl Endpoint {
                 Node {
                     url,
                     control,
-                    version: OnceCell::new(),
+                    server: OnceCell::new(),
                 }
             })
             .collect();
@@ -411,30 +404,41 @@ impl Endpoint {
         Err(last)
     }
 
-    /// The server's version, asked once per URL and then remembered.
-    pub async fn version(&self) -> Result<ServerVersion, EngineError> {
-        let (_, v) = self
+    /// The server's version and output formats, asked once per URL and remembered.
+    pub async fn server(&self) -> Result<ServerInfo, EngineError> {
+        let (_, info) = self
             .on_any(|node| async move {
-                node.version
+                node.server
                     .get_or_try_init(|| async {
                         let text: String =
                             timeout(node.control.query("SELECT version()").fetch_one::<String>())
                                 .await?;
-                        ServerVersion::parse(&text).ok_or_else(|| {
+                        let version = ServerVersion::parse(&text).ok_or_else(|| {
                             EngineError::Protocol(format!("cannot parse server version `{text}`"))
+                        })?;
+                        let formats: Vec<String> = timeout(
+                            node.control
+                                .query("SELECT name FROM system.formats WHERE is_output")
+                                .fetch_all::<String>(),
+                        )
+                        .await?;
+                        Ok::<_, EngineError>(ServerInfo {
+                            version,
+                            formats: Arc::new(formats.into_iter().collect()),
                         })
                     })
                     .await
-                    .copied()
+                    .cloned()
             })
             .await?;
-        Ok(v)
+        Ok(info)
     }
 
-    /// Result columns of the query without running it. Also rejects SQL ClickHouse
-    /// cannot parse or resolve (unknown table, column, function) before anything is
-    /// streamed. Sent with the tier's settings so readonly applies.
-    pub async fn describe(&self, query: Query<'_>) -> Result<Vec<Column>, EngineError> {
+    /// Result columns of a query without running it: `DESCRIBE TABLE (<text>)`, where
+    /// `text` is the query without its FORMAT clause. The closing parenthesis goes on a
+    /// line of its own, so a trailing `--` comment cannot swallow it. Sent with the
+    /// tier's settings, so readonly applies.
+    pub async fn describe(&self, query: Query<'_>, text: &str) -> Result<Vec<Column>, EngineError> {
         #[derive(Deserialize)]
         struct Described {
             name: String,
@@ -443,7 +447,7 @@ impl Endpoint {
         }
         // DESCRIBE's column set differs between versions; JSONEachRow lets us read
         // just the two we need.
-        let body = format!("DESCRIBE TABLE ({})", strip_trailing_semicolons(query.sql));
+        let body = format!("DESCRIBE TABLE (\n{text}\n)");
         let (_, bytes) = self
             .on_any(|node| {
                 let request = self.request(node, &body, None, "JSONEachRow", query);
@@ -479,7 +483,7 @@ impl Endpoint {
         query: Query<'_>,
         query_id: &str,
     ) -> Result<ResultStream, EngineError> {
-        let sql = strip_trailing_semicolons(query.sql);
+        let sql = query.sql;
         let (node, response) = self
             .on_any(|node| {
                 let request = self.request(node, sql, Some(query_id), query.format.as_str(), query);
@@ -676,12 +680,6 @@ async fn timeout<T>(
     }
 }
 
-/// ClickHouse rejects `SELECT 1;` wrapped in `DESCRIBE TABLE (...)`; a trailing `;` is
-/// harmless to the user, so drop it everywhere.
-fn strip_trailing_semicolons(sql: &str) -> &str {
-    sql.trim_end().trim_end_matches(';').trim_end()
-}
-
 /// Turns a non-200 answer into the exception it carries.
 async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, EngineError> {
     if response.status().is_success() {
@@ -821,12 +819,18 @@ mod tests {
     fn versions_parse_and_compare() {
         let v = ServerVersion::parse("18.16.1").unwrap();
         assert!(v.at_least((18, 16)) && !v.at_least((19, 1)));
-        assert!(v.check_format(Format::Parquet).is_err());
+        assert!(v.check_parameters().is_err());
         assert!(
             ServerVersion::parse("26.9.2.1")
                 .unwrap()
-                .check_format(Format::Parquet)
+                .check_parameters()
                 .is_ok()
         );
+        let info = ServerInfo {
+            version: v,
+            formats: Arc::new(["CSV".to_string()].into_iter().collect()),
+        };
+        assert!(info.check_format(Format::CSV).is_ok());
+        assert!(info.check_format(Format::Parquet).is_err());
     }
 }

@@ -41,7 +41,7 @@ impl RowCounter {
                     }
                 }
             }
-            RowCounting::JsonRowsField | RowCounting::Unknown => {}
+            RowCounting::JsonRowsField | RowCounting::XmlRowsField | RowCounting::Unknown => {}
         }
     }
 
@@ -51,15 +51,15 @@ impl RowCounter {
             RowCounting::Lines { header_lines } | RowCounting::CsvLines { header_lines } => {
                 Some(self.newlines.saturating_sub(header_lines))
             }
-            RowCounting::JsonRowsField => json_rows_field(tail),
+            RowCounting::JsonRowsField => number_after(tail, b"\"rows\":"),
+            RowCounting::XmlRowsField => number_after(tail, b"<rows>"),
             RowCounting::Unknown => None,
         }
     }
 }
 
-/// The value of the last `"rows": N` in `tail`.
-fn json_rows_field(tail: &[u8]) -> Option<u64> {
-    let key = b"\"rows\":";
+/// The number after the last `key` in `tail` (`"rows": N` of JSON, `<rows>N` of XML).
+fn number_after(tail: &[u8], key: &[u8]) -> Option<u64> {
     let pos = memchr::memmem::rfind(tail, key)?;
     let rest = &tail[pos + key.len()..];
     let digits: String = rest
@@ -97,6 +97,15 @@ mod tests {
         assert_eq!(
             c.finish(b"\t],\n\n\t\"rows\": 42,\n\n\t\"statistics\": {}\n}\n"),
             Some(42)
+        );
+    }
+
+    #[test]
+    fn xml_reads_the_rows_element() {
+        let c = RowCounter::new(RowCounting::XmlRowsField);
+        assert_eq!(
+            c.finish(b"\t</data>\n\t<rows>3</rows>\n\t<statistics>"),
+            Some(3)
         );
     }
 

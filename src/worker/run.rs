@@ -29,6 +29,7 @@ use crate::clickhouse::{EngineError, HeaderReader, Query};
 use crate::execution::{Column, ErrorInfo, Execution, Format, Progress, ResultMeta};
 use crate::metrics::step;
 use crate::results::{ResultWriter, ResultsError};
+use crate::sql;
 use crate::store::StoreError;
 use crate::store::queue::{Beat, Fence};
 
@@ -315,25 +316,34 @@ impl Worker {
             .parameters
             .as_ref()
             .map_or(&no_parameters, |p| &p.0.0);
+        // Validated at submit; a row queued by an older release may not be, and is sent
+        // as it is.
+        let statement = sql::analyze(&execution.sql).ok();
         let query = Query {
-            sql: &execution.sql,
+            sql: statement
+                .as_ref()
+                .map_or(execution.sql.as_str(), |s| s.body()),
             format,
             settings: &execution.settings.0,
             parameters,
             quota_key: execution.quota_key.as_deref(),
         };
-        let version = self.engine.version().await?;
-        version.check_format(format)?;
+        let server = self.engine.server().await?;
+        server.check_format(format)?;
         if !parameters.is_empty() {
-            version.check_parameters()?;
+            server.check_parameters()?;
         }
 
-        // Column metadata: none for statements without rows (CREATE, INSERT on a
-        // writable tier); what an earlier run of the same statement learned (see
-        // `columns`); the format's own header when it carries one; otherwise DESCRIBE,
-        // sent beside the query rather than before it (its round trip was most of a
-        // short execution's run time).
-        let has_rows = returns_rows(&execution.sql);
+        // Column metadata never fails an execution. None for statements without rows
+        // (CREATE, INSERT on a writable tier); what an earlier run of the same statement
+        // learned (see `columns`); the format's own header when it carries one; DESCRIBE
+        // for a SELECT, sent beside the query rather than before it (its round trip was
+        // most of a short execution's run time); otherwise unknown (`null`).
+        let has_rows = statement.as_ref().is_some_and(|s| s.produces_rows());
+        let describable = statement
+            .as_ref()
+            .filter(|s| s.describable())
+            .map(|s| s.query_without_format());
         let known = has_rows
             .then(|| self.columns.get(&execution.query_hash))
             .flatten();
@@ -343,25 +353,29 @@ impl Worker {
         let key = self.results.key(execution.id, execution.attempt, format);
         let (described, streamed) = tokio::join!(
             async {
-                match describe_beside {
-                    true => Some(self.describe(query).await),
-                    false => None,
+                match &describable {
+                    Some(text) if describe_beside => self.describe(query, text).await,
+                    _ => None,
                 }
             },
             self.stream_into_store(query, query_id, &key, writer, beacons, header),
         );
-        // When both fail (bad SQL), the query's own error is the one reported.
+        // When the query fails, its own error is the one reported.
         let streamed = streamed?;
-        let columns = match (known, described, streamed.columns) {
-            _ if !has_rows => Vec::new(),
-            (Some(known), _, _) => known,
-            (None, Some(described), _) => described?,
-            (None, None, Some(from_header)) => from_header,
+        let columns = if !has_rows {
+            Some(Vec::new())
+        } else if known.is_some() {
+            known
+        } else if let Some(found) = described.or(streamed.columns) {
+            Some(found)
+        } else if let (false, Some(text)) = (describe_beside, &describable) {
             // A header that could not be read: ask the server after all.
-            (None, None, None) => self.describe(query).await?,
+            self.describe(query, text).await
+        } else {
+            None
         };
-        if learn {
-            self.columns.put(&execution.query_hash, &columns);
+        if let (true, Some(columns)) = (learn, &columns) {
+            self.columns.put(&execution.query_hash, columns);
         }
 
         let w = writer
@@ -421,11 +435,15 @@ impl Worker {
         })
     }
 
-    async fn describe(&self, query: Query<'_>) -> Result<Vec<Column>, Failure> {
+    /// The columns of `query` (whose text without a FORMAT clause is `text`), or `None`
+    /// when the server cannot tell: a metadata failure is logged, never the execution's.
+    async fn describe(&self, query: Query<'_>, text: &str) -> Option<Vec<Column>> {
         let started = Instant::now();
-        let described = self.engine.describe(query).await;
+        let described = self.engine.describe(query, text).await;
         step("describe", started);
-        Ok(described?)
+        described
+            .inspect_err(|e| warn!(error = %e, "DESCRIBE failed; the result has no columns"))
+            .ok()
     }
 
     /// Exponential backoff: `retry_backoff * 2^(attempt - 1)`, capped.
@@ -494,38 +512,6 @@ struct Streamed {
     columns: Option<Vec<Column>>,
 }
 
-/// Whether the statement returns rows (and so can be DESCRIBEd): a query, not DDL or
-/// an INSERT. Leading comments and parentheses are skipped.
-fn returns_rows(sql: &str) -> bool {
-    let mut rest = sql.trim_start();
-    loop {
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r
-                .split_once('\n')
-                .map_or("", |(_, after)| after)
-                .trim_start();
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            rest = r
-                .split_once("*/")
-                .map_or("", |(_, after)| after)
-                .trim_start();
-        } else if let Some(r) = rest.strip_prefix('(') {
-            rest = r.trim_start();
-        } else {
-            break;
-        }
-    }
-    let word: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    matches!(
-        word.as_str(),
-        "SELECT" | "WITH" | "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" | "EXISTS" | "VALUES"
-    )
-}
-
 fn engine_error(e: EngineError) -> ErrorInfo {
     match e {
         EngineError::Server(x) => ErrorInfo {
@@ -548,20 +534,5 @@ fn engine_error(e: EngineError) -> ErrorInfo {
             message: m,
             clickhouse_code: None,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn statements_that_return_rows() {
-        use super::returns_rows;
-        assert!(returns_rows("SELECT 1"));
-        assert!(returns_rows(
-            "  -- why\n  (with x as (select 1) select * from x)"
-        ));
-        assert!(returns_rows("/* c */ show tables"));
-        assert!(!returns_rows("CREATE TABLE t (x UInt8) ENGINE = Memory"));
-        assert!(!returns_rows("insert into t select 1"));
     }
 }
