@@ -113,7 +113,21 @@ ch18() {
     mkdir -p "$d/data/tmp" "$d/data/user_files" "$d/data/fs"
     # Sluice passes each principal's quota key; 18.x refuses client-supplied keys unless
     # the user's quota is keyed, so the default quota is made keyed (users.xml copied).
-    sed '/<quotas>/,/<\/quotas>/ s|<interval>|<keyed />\n<interval>|' \
+    # The least-privilege users of the README's security model are added: 18.x has no
+    # SQL grants, so `sluice_tenant` gets what its users.xml can say: readonly = 1 in
+    # its profile (no writes, no table functions, no setting changes, no killing other
+    # users' queries) and the `default` database only. `sluice_monitor` runs Sluice's
+    # own progress and KILL queries.
+    sed -e '/<quotas>/,/<\/quotas>/ s|<interval>|<keyed />\n<interval>|' \
+        -e '0,/<profiles>/ s|<profiles>|<profiles><sluice_tenant><readonly>1</readonly></sluice_tenant>|' \
+        -e '0,/<users>/ s|<users>|<users>\
+        <sluice_tenant><password>sluice-tenant-local</password>\
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>\
+            <profile>sluice_tenant</profile><quota>default</quota>\
+            <allow_databases><database>default</database></allow_databases></sluice_tenant>\
+        <sluice_monitor><password>sluice-monitor-local</password>\
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>\
+            <profile>default</profile><quota>default</quota></sluice_monitor>|' \
         /etc/clickhouse-server/users.xml >"$d/users.xml"
     log "starting ClickHouse 18.16 on $CH18_PORT"
     setsid nohup clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \

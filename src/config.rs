@@ -334,10 +334,25 @@ pub struct TierConfig {
     /// ClickHouse HTTP endpoint, e.g. `http://127.0.0.1:8123`, or a list of replicas
     /// tried in order when one cannot be reached.
     pub clickhouse_url: Urls,
+    /// The ClickHouse user the tenants' SQL runs as: give it SELECT on the data and
+    /// nothing else (see the README's security model).
     #[serde(default = "default_ch_user")]
     pub user: String,
     #[serde(default)]
     pub password: String,
+    /// The user Sluice's own control queries run as: progress from
+    /// `system.processes`, `KILL QUERY` of its executions, the server's version and
+    /// formats. The tier's `user` when absent.
+    #[serde(default)]
+    pub monitor_user: Option<String>,
+    #[serde(default)]
+    pub monitor_password: Option<String>,
+    /// A worker refuses to start when the tier's `user` can read host files, reach URLs
+    /// or other databases, read other queries or kill them; `true` runs it anyway (and
+    /// says so loudly in the log). For servers that cannot express the restriction
+    /// (ClickHouse 18.x), or a tier that must write.
+    #[serde(default)]
+    pub trusted_user: bool,
     /// Database queries run in; the server's default when absent.
     #[serde(default)]
     pub database: Option<String>,

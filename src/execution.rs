@@ -320,6 +320,33 @@ impl Format {
     }
 }
 
+/// Stored as its name (the `format` column is text).
+impl sqlx::Type<sqlx::Postgres> for Format {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Format {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Format, sqlx::error::BoxDynError> {
+        let name = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Format::parse(name).ok_or_else(|| format!("unknown format `{name}`").into())
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Postgres> for Format {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -362,15 +389,74 @@ pub fn query_hash(
     hex::encode(h.finalize())
 }
 
+/// Why an execution did not succeed: the one set of codes, written by Rust and bound
+/// into SQL (never spelled as literals in either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// ClickHouse rejected or failed the statement (its code is in `clickhouse_code`).
+    ClickhouseError,
+    /// ClickHouse could not be reached, or the connection broke.
+    ClickhouseUnavailable,
+    /// ClickHouse answered something Sluice cannot read.
+    ClickhouseProtocol,
+    /// The tier's server cannot do what was asked (a format, query parameters).
+    UnsupportedByServer,
+    /// The result could not be written to the result store.
+    StorageError,
+    /// The stored execution cannot be run (written by an incompatible release).
+    InvalidExecution,
+    /// A client canceled it.
+    Canceled,
+    /// A submission with the same query_id and different SQL replaced it.
+    Superseded,
+    /// Its workers stopped renewing their leases, attempt after attempt.
+    WorkerLost,
+    /// The ClickHouse server restarted while running it (it may have crashed on it).
+    ServerCrashed,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ClickhouseError => "CLICKHOUSE_ERROR",
+            ErrorCode::ClickhouseUnavailable => "CLICKHOUSE_UNAVAILABLE",
+            ErrorCode::ClickhouseProtocol => "CLICKHOUSE_PROTOCOL",
+            ErrorCode::UnsupportedByServer => "UNSUPPORTED_BY_SERVER",
+            ErrorCode::StorageError => "STORAGE_ERROR",
+            ErrorCode::InvalidExecution => "INVALID_EXECUTION",
+            ErrorCode::Canceled => "CANCELED",
+            ErrorCode::Superseded => "SUPERSEDED",
+            ErrorCode::WorkerLost => "WORKER_LOST",
+            ErrorCode::ServerCrashed => "SERVER_CRASHED",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What went wrong, as stored on a FAILED execution and shown to clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorInfo {
-    /// Sluice's error code, e.g. `CLICKHOUSE_ERROR`, `STORAGE_ERROR`, `WORKER_LOST`.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     /// ClickHouse's numeric error code when ClickHouse raised the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clickhouse_code: Option<i32>,
+}
+
+impl ErrorInfo {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo {
+            code,
+            message: message.into(),
+            clickhouse_code: None,
+        }
+    }
 }
 
 /// A failed attempt, kept on the execution (newest last).
@@ -396,7 +482,6 @@ pub struct ResultMeta {
     /// Key of the object in the result store.
     pub object_key: String,
     pub format: Format,
-    pub content_type: String,
     pub bytes: u64,
     /// Number of rows; absent for binary formats Sluice does not decode.
     #[serde(default)]
@@ -429,7 +514,7 @@ pub struct Execution {
     pub query_id: String,
     pub query_hash: String,
     pub sql: String,
-    pub format: String,
+    pub format: Format,
     pub settings: sqlx::types::Json<BTreeMap<String, String>>,
     pub status: Status,
     pub priority: i16,
@@ -467,10 +552,6 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Execution {
-    pub fn format(&self) -> Option<Format> {
-        Format::parse(&self.format)
-    }
-
     /// The ClickHouse query_id of this execution's current attempt. Unique per attempt,
     /// so a retried run never collides with a dead attempt's orphan on the server.
     pub fn clickhouse_query_id(&self) -> String {

@@ -90,9 +90,60 @@ pub struct Statement<'a> {
     /// Every `SETTINGS name = value, ...` assignment of a read statement, at any depth
     /// (values as written, quotes removed from strings).
     pub settings: Vec<(String, String)>,
+    /// The tables of the `system` database it names (`system.processes`, quoted or not),
+    /// lower case.
+    pub system_tables: Vec<String>,
 }
 
+/// System tables that show other users' queries, who may do what, or the servers
+/// behind ClickHouse: never for a tenant, whatever the server's grants say (18.x has
+/// none to say it with).
+pub const SENSITIVE_SYSTEM_TABLES: &[&str] = &[
+    "processes",
+    "query_log",
+    "query_thread_log",
+    "query_views_log",
+    "query_metric_log",
+    "processors_profile_log",
+    "opentelemetry_span_log",
+    "session_log",
+    "text_log",
+    "trace_log",
+    "crash_log",
+    "part_log",
+    "asynchronous_insert_log",
+    "backup_log",
+    "mutations",
+    "distributed_ddl_queue",
+    "replication_queue",
+    "users",
+    "roles",
+    "role_grants",
+    "grants",
+    "quotas",
+    "quota_usage",
+    "quotas_usage",
+    "quota_limits",
+    "settings_profiles",
+    "settings_profile_elements",
+    "row_policies",
+    "user_directories",
+    "user_processes",
+    "zookeeper",
+    "zookeeper_connection",
+    "clusters",
+    "macros",
+];
+
 impl<'a> Statement<'a> {
+    /// The first [`SENSITIVE_SYSTEM_TABLES`] entry it reads, if any.
+    pub fn sensitive_table(&self) -> Option<&str> {
+        self.system_tables
+            .iter()
+            .find(|t| SENSITIVE_SYSTEM_TABLES.contains(&t.as_str()))
+            .map(String::as_str)
+    }
+
     /// The statement to send: the text without trailing `;`, whitespace and comments.
     /// Offsets in ClickHouse's messages are the same as in the submitted text.
     pub fn body(&self) -> &'a str {
@@ -176,6 +227,15 @@ pub fn analyze(sql: &str) -> Result<Statement<'_>, SqlError> {
         }
         settings = settings_clauses(sql, tokens);
     }
+    let system_tables = tokens
+        .windows(3)
+        .filter(|w| {
+            w[0].name(sql)
+                .is_some_and(|x| x.eq_ignore_ascii_case("system"))
+                && w[1].is_punct(b'.')
+        })
+        .filter_map(|w| w[2].name(sql).map(|n| n.to_ascii_lowercase()))
+        .collect();
     Ok(Statement {
         text: sql,
         end,
@@ -183,6 +243,7 @@ pub fn analyze(sql: &str) -> Result<Statement<'_>, SqlError> {
         keyword,
         format,
         settings,
+        system_tables,
     })
 }
 
@@ -285,6 +346,16 @@ impl Token {
 
     fn word<'s>(&self, sql: &'s str) -> Option<&'s str> {
         (self.kind == TokenKind::Word).then(|| self.text(sql))
+    }
+
+    /// An identifier, bare or quoted (quotes removed; escapes are not resolved).
+    fn name<'s>(&self, sql: &'s str) -> Option<&'s str> {
+        let text = self.text(sql);
+        match self.kind {
+            TokenKind::Word => Some(text),
+            TokenKind::QuotedIdentifier => Some(&text[1..text.len() - 1]),
+            _ => None,
+        }
     }
 
     fn is_punct(&self, c: u8) -> bool {
@@ -608,6 +679,22 @@ mod tests {
                 .settings
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn sensitive_system_tables_quoted_or_not() {
+        let t = |sql: &str| analyze(sql).unwrap().sensitive_table().map(String::from);
+        assert_eq!(
+            t("SELECT * FROM system.processes"),
+            Some("processes".into())
+        );
+        assert_eq!(
+            t("select * from SYSTEM.\"Query_Log\""),
+            Some("query_log".into())
+        );
+        assert_eq!(t("SELECT * FROM `system`.`grants`"), Some("grants".into()));
+        assert_eq!(t("SELECT * FROM system.numbers LIMIT 1"), None);
+        assert_eq!(t("SELECT 'system.processes'"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use sluice::bookkeeper::Bookkeeper;
-use sluice::execution::ErrorInfo;
+use sluice::execution::{ErrorCode, ErrorInfo};
 use sluice::store::queue::Fence;
 
 /// Claims the tier's pending work as a worker that then "dies" (never heartbeats).
@@ -48,11 +48,7 @@ async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool)
 
     // The dead worker wakes up: its fenced writes touch nothing.
     let stale = &fences[0];
-    let error = ErrorInfo {
-        code: "X".into(),
-        message: "stale".into(),
-        clickhouse_code: None,
-    };
+    let error = ErrorInfo::new(ErrorCode::ClickhouseError, "stale");
     assert!(!h.store.fail(stale, &error).await.unwrap());
     assert!(!h.store.mark_canceled(stale).await.unwrap());
     assert!(!h.store.hand_back(stale).await.unwrap());

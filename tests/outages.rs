@@ -63,6 +63,38 @@ async fn executions_retry_through_a_clickhouse_outage_and_finish(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn an_outage_longer_than_the_attempts_fails_clearly(pool: PgPool) {
     let proxy = Proxy::start().await;
+    let h = Harness::with(
+        pool,
+        Setup {
+            clickhouse_url: Some(proxy.url()),
+            worker_extra: FAST_RETRIES.into(),
+            tier_extra: "max_attempts = 2".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The worker serves (it has checked its tier's user), then ClickHouse goes away.
+    let first = h.submit_ok(json!({ "sql": "SELECT 0" })).await;
+    h.wait_for(&first, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    proxy.stop();
+    let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "FAILED");
+    assert_eq!(e["attempt"], 2);
+    assert_eq!(e["error"]["code"], "CLICKHOUSE_UNAVAILABLE");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot reach ClickHouse"), "{message}");
+    assert!(message.contains("gave up after 2 attempts"), "{message}");
+    assert_eq!(e["failed_attempts"].as_array().unwrap().len(), 2);
+}
+
+/// A worker that cannot check what its tier's ClickHouse user may do (the server is
+/// down when it starts) claims nothing: executions wait in the queue, using no
+/// attempt, until the server answers and the check passes.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_worker_starting_during_an_outage_claims_once_clickhouse_answers(pool: PgPool) {
+    let proxy = Proxy::start().await;
     proxy.stop();
     let h = Harness::with(
         pool,
@@ -75,14 +107,19 @@ async fn an_outage_longer_than_the_attempts_fails_clearly(pool: PgPool) {
     )
     .await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
-    let e = h.wait_terminal(&id).await;
-    assert_eq!(e["status"], "FAILED");
-    assert_eq!(e["attempt"], 2);
-    assert_eq!(e["error"]["code"], "CLICKHOUSE_UNAVAILABLE");
-    let message = e["error"]["message"].as_str().unwrap();
-    assert!(message.contains("cannot reach ClickHouse"), "{message}");
-    assert!(message.contains("gave up after 2 attempts"), "{message}");
-    assert_eq!(e["failed_attempts"].as_array().unwrap().len(), 2);
+    // Several poll intervals (200 ms) pass without a claim.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = h.get(&id).await;
+    assert_eq!(e["status"], "PENDING", "{e}");
+    assert_eq!(
+        e["attempt"], 0,
+        "no attempt is used while the user is unchecked: {e}"
+    );
+    proxy.resume().await;
+    let e = h
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(e["attempt"], 1, "{e}");
 }
 
 #[sqlx::test(migrations = "./migrations")]

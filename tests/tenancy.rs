@@ -302,8 +302,8 @@ async fn a_readonly_tier_cannot_write_and_a_writable_one_can(pool: PgPool) {
             workers: vec!["default", "writer", "readonly_writer"],
             extra: format!(
                 "[tiers.writer]\nclickhouse_url = \"{url}\"\nallowed_statements = [\"read\", \"write\"]\n\
-                 [tiers.writer.settings]\nreadonly = 0\n\
-                 [tiers.readonly_writer]\nclickhouse_url = \"{url}\"\n\
+                 trusted_user = true\n[tiers.writer.settings]\nreadonly = 0\n\
+                 [tiers.readonly_writer]\nclickhouse_url = \"{url}\"\ntrusted_user = true\n\
                  allowed_statements = [\"read\", \"write\"]\n",
                 url = clickhouse_url()
             ),
@@ -369,8 +369,9 @@ async fn an_unreachable_url_fails_over_to_the_next(pool: PgPool) {
         Setup {
             workers: vec!["replicas"],
             extra: format!(
-                "[tiers.replicas]\nclickhouse_url = [\"{dead}\", \"{}\"]\n",
-                clickhouse_url()
+                "[tiers.replicas]\nclickhouse_url = [\"{dead}\", \"{}\"]\n{}",
+                clickhouse_url(),
+                tier_users()
             ),
             ..Default::default()
         },

@@ -242,6 +242,15 @@ fn validate(
             ),
         ));
     }
+    if let Some(table) = statement.sensitive_table() {
+        return Err(ApiError::bad_request(
+            "table_not_allowed",
+            format!(
+                "`system.{table}` shows other users' queries, privileges or servers; \
+                 Sluice does not run statements that read it"
+            ),
+        ));
+    }
     let format = output_format(r.format.as_deref(), &statement)?;
     let priority = r.priority.unwrap_or(0);
     if !(0..=9).contains(&priority) {

@@ -116,7 +116,7 @@ pub struct ExecutionView {
     pub tier: String,
     pub query_id: String,
     pub sql: String,
-    pub format: String,
+    pub format: Format,
     pub settings: BTreeMap<String, String>,
     pub priority: i16,
     /// Runs so far (1 once first claimed).
@@ -143,7 +143,7 @@ impl From<Execution> for ExecutionView {
             let r = r.0;
             ResultView {
                 format: r.format,
-                content_type: r.content_type,
+                content_type: r.format.content_type().to_string(),
                 bytes: r.bytes,
                 rows: r.rows,
                 columns: r.columns,

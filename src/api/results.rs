@@ -234,7 +234,10 @@ async fn serve(
 
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, header_value(&meta.content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(meta.format.content_type()),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let name = crate::results::ResultStore::execution_of(&meta.object_key)
         .map(|u| u.to_string())

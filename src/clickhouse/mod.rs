@@ -338,10 +338,16 @@ impl Endpoint {
             .list()
             .into_iter()
             .map(|url| {
+                // Sluice's own queries run as the monitor user, never as the tenants'.
                 let mut control = clickhouse::Client::default()
                     .with_url(&url)
-                    .with_user(&tier.user)
-                    .with_password(&tier.password)
+                    .with_user(tier.monitor_user.as_deref().unwrap_or(&tier.user))
+                    .with_password(
+                        tier.monitor_password
+                            .as_deref()
+                            .or(tier.monitor_user.as_ref().map(|_| ""))
+                            .unwrap_or(&tier.password),
+                    )
                     .with_compression(clickhouse::Compression::None)
                     .with_validation(false);
                 if let Some(db) = &tier.database {
@@ -369,6 +375,11 @@ impl Endpoint {
     /// The URL work goes to now.
     pub fn url(&self) -> &str {
         &self.nodes[self.preferred_index()].url
+    }
+
+    /// Index of the URL work goes to now.
+    pub fn preferred(&self) -> usize {
+        self.preferred_index()
     }
 
     fn preferred_index(&self) -> usize {
@@ -494,14 +505,19 @@ impl Endpoint {
             })
             .await
             .map_err(|e| query.redact_error(e))?;
-        let exception_tag = response
-            .headers()
-            .get("X-ClickHouse-Exception-Tag")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let exception_tag = header("X-ClickHouse-Exception-Tag");
+        let summary = header("X-ClickHouse-Summary").and_then(|s| Summary::parse(&s));
         Ok(ResultStream {
             response,
             exception_tag,
+            summary,
             node,
             tail: Tail::default(),
             redactor: Redactor::new(query.parameters),
@@ -556,6 +572,115 @@ impl Endpoint {
             .query(&params)
             .basic_auth(&self.user, Some(&self.password))
             .body(sql.to_string())
+    }
+
+    /// What the tier's user may do that a tenant's SQL must not: each probe is a
+    /// statement ClickHouse answers with ACCESS_DENIED (497) or READONLY (164), or an
+    /// unknown function, when the user is restricted; anything else (success, or a
+    /// failure past the privilege check) means the user has the privilege. Returns the
+    /// capabilities found, named for people; an error when the tier's user cannot run a
+    /// plain query with the tier's settings.
+    pub async fn dangerous_privileges(&self) -> Result<Vec<&'static str>, EngineError> {
+        const DENIED: &[i32] = &[497, 164, 46];
+        let probe_id = format!("sluice-privilege-probe-{}", uuid::Uuid::new_v4());
+        let probes: [(&str, String); 6] = [
+            (
+                "read host files (file())",
+                "SELECT * FROM file('sluice_privilege_probe', 'TSV', 'x String') LIMIT 0".into(),
+            ),
+            (
+                "reach URLs (url())",
+                "SELECT * FROM url('http://127.0.0.1:9/', 'TSV', 'x String') LIMIT 0".into(),
+            ),
+            (
+                "reach other servers (remote())",
+                "SELECT * FROM remote('127.0.0.1:9', system.one) LIMIT 0".into(),
+            ),
+            (
+                "reach databases (postgresql())",
+                "SELECT * FROM postgresql('127.0.0.1:9', 'd', 't', 'u', 'p') LIMIT 0".into(),
+            ),
+            (
+                "read other queries (system.processes)",
+                "SELECT count() FROM system.processes".into(),
+            ),
+            (
+                "kill queries (KILL QUERY)",
+                format!("KILL QUERY WHERE query_id = '{probe_id}' SYNC"),
+            ),
+        ];
+        let empty = BTreeMap::new();
+        let plain = |sql: &'static str| Query {
+            sql,
+            format: Format::TabSeparated,
+            settings: &empty,
+            parameters: &empty,
+            quota_key: None,
+        };
+        // The user must be able to run something at all with the tier's settings.
+        self.run_as_tier_user(plain("SELECT 1")).await?;
+        let mut found = Vec::new();
+        for (capability, sql) in &probes {
+            let mut query = plain("");
+            query.sql = sql;
+            match self.run_as_tier_user(query).await {
+                Ok(()) => found.push(*capability),
+                Err(EngineError::Server(x)) if x.code.is_some_and(|c| DENIED.contains(&c)) => {}
+                Err(EngineError::Server(_)) => found.push(*capability),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Runs `query` as the tier's user and reads the answer whole (small answers only).
+    async fn run_as_tier_user(&self, query: Query<'_>) -> Result<(), EngineError> {
+        let (_, body) = self
+            .on_any(|node| {
+                let request = self.request(node, query.sql, None, query.format.as_str(), query);
+                async move {
+                    let response = request.send().await.map_err(EngineError::from_http)?;
+                    let response = check_status(response).await?;
+                    response.bytes().await.map_err(EngineError::from_http)
+                }
+            })
+            .await?;
+        match Tail::from_bytes(body).exception(None) {
+            Some(x) => Err(EngineError::Server(x)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the server at URL `node` started after `since` (so it went away and came
+    /// back meanwhile: a crash, most likely). Asks `uptime()` until the server answers
+    /// or `wait` has passed; `None` when it did not answer.
+    pub async fn restarted_since(
+        &self,
+        node: usize,
+        since: std::time::SystemTime,
+        wait: Duration,
+    ) -> Option<bool> {
+        let node = self.nodes.get(node)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let asked = tokio::time::timeout(
+                Duration::from_secs(2),
+                node.control.query("SELECT uptime()").fetch_one::<u32>(),
+            )
+            .await;
+            if let Ok(Ok(uptime)) = asked {
+                // uptime() counts whole seconds, so a server that has been up for less
+                // than the time since `since` (to the second) may have started just
+                // before it; with the connection broken meanwhile, a restart is what
+                // it most likely means.
+                let up_for = since.elapsed().unwrap_or_default();
+                return Some(f64::from(uptime) < up_for.as_secs_f64());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Statistics of a running query on URL `node`, `None` once it is gone from
@@ -712,12 +837,44 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
     }))
 }
 
+/// The statistics ClickHouse (20.x and later) sends in `X-ClickHouse-Summary` with the
+/// response headers: final for a result that fits the server's first buffer (most
+/// short queries), those of the moment the first bytes left for a longer one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub read_rows: u64,
+    pub read_bytes: u64,
+    pub total_rows_to_read: u64,
+    pub elapsed_seconds: f64,
+}
+
+impl Summary {
+    /// `{"read_rows":"5","read_bytes":"40",...}`: numbers as strings.
+    fn parse(header: &str) -> Option<Summary> {
+        let fields: std::collections::HashMap<String, String> =
+            serde_json::from_str(header).ok()?;
+        let number = |k: &str| {
+            fields
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Some(Summary {
+            read_rows: number("read_rows"),
+            read_bytes: number("read_bytes"),
+            total_rows_to_read: number("total_rows_to_read"),
+            elapsed_seconds: number("elapsed_ns") as f64 / 1e9,
+        })
+    }
+}
+
 /// A query's response body, chunk by chunk, exactly as ClickHouse sent it, with the
 /// exception ClickHouse may send after `200` and data turned into an error at the end.
 pub struct ResultStream {
     response: reqwest::Response,
     /// The tag 25.11+ servers use to frame a mid-stream exception.
     exception_tag: Option<String>,
+    summary: Option<Summary>,
     /// Index of the URL running the query.
     node: usize,
     /// The last bytes seen, to look for an exception at the end.
@@ -752,6 +909,11 @@ impl ResultStream {
     /// Index of the tier URL running the query (for [`Endpoint::progress`]).
     pub fn node(&self) -> usize {
         self.node
+    }
+
+    /// What the server said of the query with its headers, if it says anything.
+    pub fn summary(&self) -> Option<&Summary> {
+        self.summary.as_ref()
     }
 
     /// The last bytes of the result (up to [`exception::TAIL_BYTES`]).
@@ -813,6 +975,20 @@ mod tests {
         };
         let m = q.redact("Value hunter2secret cannot be parsed as UInt8");
         assert_eq!(m, "Value [redacted] cannot be parsed as UInt8");
+    }
+
+    #[test]
+    fn summary_header_numbers_are_strings() {
+        let s = Summary::parse(
+            r#"{"read_rows":"5","read_bytes":"40","written_rows":"0","total_rows_to_read":"5","result_rows":"0","elapsed_ns":"1635935"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.read_rows, s.read_bytes, s.total_rows_to_read),
+            (5, 40, 5)
+        );
+        assert!((s.elapsed_seconds - 0.001635935).abs() < 1e-9);
+        assert_eq!(Summary::parse("not json"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{Channel, Result, Store, millis};
-use crate::execution::Status;
+use crate::execution::{ErrorCode, Status};
 
 /// An execution whose worker stopped renewing its lease, after the reclaim.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -35,16 +35,16 @@ impl Store {
                      THEN now() END, \
                  error = CASE \
                      WHEN e.cancel_requested_at IS NOT NULL THEN jsonb_build_object( \
-                         'code', 'CANCELED', \
+                         'code', $3::text, \
                          'message', 'canceled on request; its worker was lost') \
                      WHEN e.attempt >= e.max_attempts THEN jsonb_build_object( \
-                         'code', 'WORKER_LOST', \
+                         'code', $4::text, \
                          'message', format('worker lost after %s attempts', e.attempt)) \
                      ELSE e.error END, \
                  run_after = now() + $2 * interval '1 millisecond', \
                  attempts = e.attempts || jsonb_build_array(jsonb_build_object( \
                      'attempt', e.attempt, 'worker_id', e.worker_id, 'at', now(), \
-                     'error', jsonb_build_object('code', 'WORKER_LOST', 'message', \
+                     'error', jsonb_build_object('code', $4::text, 'message', \
                          format('worker %s stopped renewing its lease', e.worker_id)))), \
                  worker_id = NULL, lease_expires_at = NULL \
              FROM ( \
@@ -58,6 +58,8 @@ impl Store {
         )
         .bind(batch)
         .bind(millis(backoff))
+        .bind(ErrorCode::Canceled.as_str())
+        .bind(ErrorCode::WorkerLost.as_str())
         .fetch_all(&self.pool)
         .await?;
         for tier in rows

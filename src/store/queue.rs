@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Channel, Result, Store, StoreError, millis};
-use crate::execution::{ErrorInfo, Execution, Progress, ResultMeta};
+use crate::execution::{ErrorCode, ErrorInfo, Execution, Progress, ResultMeta};
 
 /// Identifies one claim of one execution: the lease's fencing token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,14 +273,17 @@ impl Store {
 
     /// RUNNING -> CANCELED, once the worker has stopped the query.
     pub async fn mark_canceled(&self, fence: &Fence) -> Result<bool> {
+        let error = ErrorInfo::new(
+            ErrorCode::Canceled,
+            "canceled on request; the ClickHouse query was killed",
+        );
         let done = fenced(
             "UPDATE executions SET status = 'CANCELED', finished_at = now(), \
-                 lease_expires_at = NULL, \
-                 error = jsonb_build_object('code', 'CANCELED', \
-                     'message', 'canceled on request; the ClickHouse query was killed') \
+                 lease_expires_at = NULL, error = $4 \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
             fence,
         )
+        .bind(Json(&error))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -314,9 +317,7 @@ impl Store {
                  status = CASE WHEN status = 'PENDING' THEN 'CANCELED'::execution_status \
                           ELSE status END, \
                  finished_at = CASE WHEN status = 'PENDING' THEN now() ELSE finished_at END, \
-                 error = CASE WHEN status = 'PENDING' THEN jsonb_build_object( \
-                     'code', 'CANCELED', 'message', 'canceled on request before it started') \
-                     ELSE error END, \
+                 error = CASE WHEN status = 'PENDING' THEN $3 ELSE error END, \
                  cancel_requested_at = COALESCE(cancel_requested_at, now()) \
              WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) \
                AND status IN ('PENDING', 'RUNNING') \
@@ -324,6 +325,10 @@ impl Store {
         )
         .bind(id)
         .bind(tenant)
+        .bind(Json(ErrorInfo::new(
+            ErrorCode::Canceled,
+            "canceled on request before it started",
+        )))
         .fetch_optional(&self.pool)
         .await?;
         match row {

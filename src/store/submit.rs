@@ -26,7 +26,7 @@ use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::{Channel, Result, Store, StoreError, is_unique_violation};
-use crate::execution::{ErrorInfo, Execution, Format, Secrets, Status};
+use crate::execution::{ErrorCode, ErrorInfo, Execution, Format, Secrets, Status};
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
@@ -237,14 +237,13 @@ async fn supersede(
     id: Uuid,
     new: &NewExecution,
 ) -> Result<Option<(Submitted, (Uuid, Status))>> {
-    let error = ErrorInfo {
-        code: "SUPERSEDED".into(),
-        message: format!(
+    let error = ErrorInfo::new(
+        ErrorCode::Superseded,
+        format!(
             "superseded by execution {id}: a submission with the same query_id and \
-                 different SQL, tier, format or settings"
+             different SQL, tier, format or settings"
         ),
-        clickhouse_code: None,
-    };
+    );
     let old: Option<(Uuid, Status)> = sqlx::query_as(
         "WITH old AS ( \
                  SELECT id, status FROM executions \
@@ -299,7 +298,7 @@ fn bind_new<'q>(
         .bind(&new.query_id)
         .bind(&new.query_hash)
         .bind(&new.sql)
-        .bind(new.format.as_str())
+        .bind(new.format)
         .bind(sqlx::types::Json(&new.settings))
         .bind(new.priority)
         .bind(new.max_attempts)

@@ -46,6 +46,22 @@ pub use run::Signals;
 pub enum WorkerError {
     #[error("tier `{0}` is not configured")]
     UnknownTier(String),
+    #[error(
+        "tier `{tier}`: ClickHouse user `{user}` can {can}, so one tenant's SQL could reach \
+         beyond its lane; restrict the user (see the README's security model) or set \
+         tiers.{tier}.trusted_user = true"
+    )]
+    UnsafeUser {
+        tier: String,
+        user: String,
+        can: String,
+    },
+    #[error("tier `{tier}`: cannot check what ClickHouse user `{user}` may do: {error}")]
+    UserCheck {
+        tier: String,
+        user: String,
+        error: EngineError,
+    },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -145,6 +161,7 @@ impl Worker {
 
     async fn run_in_span(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let slots = self.tier_config.concurrency;
+        self.check_user(&shutdown).await?;
         info!(slots, "worker started");
         let (events_tx, mut events) = mpsc::channel(1024);
         // Aborted however this future ends, including when it is dropped: the listener
@@ -227,6 +244,56 @@ impl Worker {
         }
         info!("worker stopped");
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Refuses to serve the tier when its ClickHouse user could step out of a tenant's
+    /// lane (see `Endpoint::dangerous_privileges`), unless the tier trusts it. Waits for
+    /// a server that cannot be reached yet (or for shutdown).
+    async fn check_user(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let user = self.tier_config.user.clone();
+        let mut outage = crate::outage::OutageLog::new("check the tier's ClickHouse user");
+        let mut backoff =
+            crate::outage::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            match self.engine.dangerous_privileges().await {
+                Ok(can) if can.is_empty() => {
+                    info!(user, "the tier's ClickHouse user is restricted");
+                    return Ok(());
+                }
+                Ok(can) if self.tier_config.trusted_user => {
+                    warn!(
+                        user,
+                        can = can.join(", "),
+                        "TRUSTED USER: trusted_user = true, so tenants' SQL runs as a \
+                         ClickHouse user that can step out of their lane"
+                    );
+                    return Ok(());
+                }
+                Ok(can) => {
+                    return Err(WorkerError::UnsafeUser {
+                        tier: self.tier.clone(),
+                        user,
+                        can: can.join(", "),
+                    });
+                }
+                Err(e) if e.is_transient() => {
+                    outage.failure(&e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+                Err(error) => {
+                    return Err(WorkerError::UserCheck {
+                        tier: self.tier.clone(),
+                        user,
+                        error,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::Worker;
 use super::rows::RowCounter;
 use crate::clickhouse::{EngineError, HeaderReader, Query};
-use crate::execution::{Column, ErrorInfo, Execution, Format, Progress, ResultMeta};
+use crate::execution::{Column, ErrorCode, ErrorInfo, Execution, Progress, ResultMeta};
 use crate::metrics::step;
 use crate::results::{ResultWriter, ResultsError};
 use crate::sql;
@@ -62,7 +62,18 @@ impl Beacons {
         }
     }
 
-    /// The last statistics the heartbeat saw, with the final byte count.
+    /// Folds the statistics ClickHouse sent with its headers into what was last seen:
+    /// for a short query they are the only ones (it ends before the first heartbeat).
+    fn saw(&self, summary: &crate::clickhouse::Summary) {
+        if let Ok(mut p) = self.last_progress.lock() {
+            p.read_rows = p.read_rows.max(summary.read_rows);
+            p.read_bytes = p.read_bytes.max(summary.read_bytes);
+            p.total_rows_approx = p.total_rows_approx.max(summary.total_rows_to_read);
+            p.elapsed_seconds = p.elapsed_seconds.max(summary.elapsed_seconds);
+        }
+    }
+
+    /// The last statistics seen (heartbeat or headers), with the final byte count.
     fn final_progress(&self) -> Progress {
         Progress {
             result_bytes: self.result_bytes.load(Ordering::Relaxed),
@@ -89,9 +100,25 @@ enum Outcome {
 impl Outcome {
     /// What producing the result came to, given the attempts left.
     fn of(produced: Result<ResultMeta, Failure>, execution: &Execution) -> Outcome {
+        let crashed_before = || {
+            execution
+                .attempts
+                .0
+                .iter()
+                .any(|a| a.error.code == ErrorCode::ServerCrashed)
+        };
         match produced {
             Ok(meta) => Outcome::Succeeded(meta),
             Err(f) if !f.transient => Outcome::Failed(f.error),
+            // A query of death is not replayed: one more try, in case the restart had
+            // another cause, then no more.
+            Err(mut f) if f.error.code == ErrorCode::ServerCrashed && crashed_before() => {
+                f.error.message = format!(
+                    "{} This is the second time: the statement is not run again.",
+                    f.error.message
+                );
+                Outcome::Failed(f.error)
+            }
             Err(f) if execution.attempt < execution.max_attempts => Outcome::Retry(f.error),
             Err(mut f) => {
                 f.error.message = format!(
@@ -143,11 +170,10 @@ impl From<ResultsError> for Failure {
     fn from(e: ResultsError) -> Failure {
         Failure {
             transient: false,
-            error: ErrorInfo {
-                code: "STORAGE_ERROR".into(),
-                message: format!("could not store the result: {e}"),
-                clickhouse_code: None,
-            },
+            error: ErrorInfo::new(
+                ErrorCode::StorageError,
+                format!("could not store the result: {e}"),
+            ),
         }
     }
 }
@@ -286,7 +312,7 @@ impl Worker {
         }
         if let Outcome::Failed(e) | Outcome::Retry(e) = outcome {
             info!(
-                code = e.code,
+                code = e.code.as_str(),
                 clickhouse_code = e.clickhouse_code,
                 message = e.message,
                 "failed"
@@ -303,14 +329,7 @@ impl Worker {
         writer: &mut Option<ResultWriter>,
         beacons: &Beacons,
     ) -> Result<ResultMeta, Failure> {
-        let format = execution.format().ok_or_else(|| Failure {
-            error: ErrorInfo {
-                code: "INVALID_EXECUTION".into(),
-                message: format!("unknown format `{}`", execution.format),
-                clickhouse_code: None,
-            },
-            transient: false,
-        })?;
+        let format = execution.format;
         let no_parameters = Default::default();
         let parameters = execution
             .parameters
@@ -395,7 +414,6 @@ impl Worker {
         Ok(ResultMeta {
             object_key: key,
             format,
-            content_type: Format::content_type(format).to_string(),
             bytes,
             rows: streamed.rows,
             columns,
@@ -414,11 +432,23 @@ impl Worker {
         mut header: Option<HeaderReader>,
     ) -> Result<Streamed, Failure> {
         let started = Instant::now();
-        let mut stream = self.engine.stream(query, query_id).await?;
+        let since = std::time::SystemTime::now();
+        let mut stream = match self.engine.stream(query, query_id).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.broken(e, self.engine.preferred(), since).await),
+        };
         beacons.node.store(stream.node(), Ordering::Relaxed);
+        if let Some(summary) = stream.summary() {
+            beacons.saw(summary);
+        }
         let w = writer.insert(self.results.writer(key));
         let mut rows = RowCounter::new(query.format.row_counting());
-        while let Some(chunk) = stream.chunk().await? {
+        loop {
+            let chunk = match stream.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(self.broken(e, stream.node(), since).await),
+            };
             rows.feed(&chunk);
             if let Some(h) = header.as_mut() {
                 h.feed(&chunk);
@@ -437,6 +467,32 @@ impl Worker {
 
     /// The columns of `query` (whose text without a FORMAT clause is `text`), or `None`
     /// when the server cannot tell: a metadata failure is logged, never the execution's.
+    /// The failure of a query that ended with `e` on URL `node`: when the connection
+    /// broke while it ran and the server then came back having restarted since `since`,
+    /// the server most likely crashed on it: `SERVER_CRASHED` (see `Outcome::of`).
+    async fn broken(&self, e: EngineError, node: usize, since: std::time::SystemTime) -> Failure {
+        if !matches!(e, EngineError::Transport(_)) {
+            return e.into();
+        }
+        match self
+            .engine
+            .restarted_since(node, since, CRASH_CHECK_WAIT)
+            .await
+        {
+            Some(true) => Failure {
+                error: ErrorInfo::new(
+                    ErrorCode::ServerCrashed,
+                    format!(
+                        "the ClickHouse server went away while running this statement and \
+                         came back restarted; it may have crashed on it ({e})."
+                    ),
+                ),
+                transient: true,
+            },
+            _ => e.into(),
+        }
+    }
+
     async fn describe(&self, query: Query<'_>, text: &str) -> Option<Vec<Column>> {
         let started = Instant::now();
         let described = self.engine.describe(query, text).await;
@@ -505,6 +561,10 @@ impl Worker {
     }
 }
 
+/// How long a worker waits for a server that broke a query's connection to answer
+/// again, to tell a restart (crash) from a network failure.
+const CRASH_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What streaming a result learned.
 struct Streamed {
     rows: Option<u64>,
@@ -515,24 +575,15 @@ struct Streamed {
 fn engine_error(e: EngineError) -> ErrorInfo {
     match e {
         EngineError::Server(x) => ErrorInfo {
-            code: "CLICKHOUSE_ERROR".into(),
+            code: ErrorCode::ClickhouseError,
             message: x.message,
             clickhouse_code: x.code,
         },
-        EngineError::Transport(m) | EngineError::Connect(m) => ErrorInfo {
-            code: "CLICKHOUSE_UNAVAILABLE".into(),
-            message: format!("cannot reach ClickHouse: {m}"),
-            clickhouse_code: None,
-        },
-        EngineError::Unsupported(m) => ErrorInfo {
-            code: "UNSUPPORTED_BY_SERVER".into(),
-            message: m,
-            clickhouse_code: None,
-        },
-        EngineError::Protocol(m) => ErrorInfo {
-            code: "CLICKHOUSE_PROTOCOL".into(),
-            message: m,
-            clickhouse_code: None,
-        },
+        EngineError::Transport(m) | EngineError::Connect(m) => ErrorInfo::new(
+            ErrorCode::ClickhouseUnavailable,
+            format!("cannot reach ClickHouse: {m}"),
+        ),
+        EngineError::Unsupported(m) => ErrorInfo::new(ErrorCode::UnsupportedByServer, m),
+        EngineError::Protocol(m) => ErrorInfo::new(ErrorCode::ClickhouseProtocol, m),
     }
 }

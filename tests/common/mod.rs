@@ -225,12 +225,48 @@ pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) 
             "concurrency = 4\n"
         };
         toml.push_str(&format!(
-            "[tiers.{tier}]\nclickhouse_url = \"{}\"\n{concurrency}{}\n",
+            "[tiers.{tier}]\nclickhouse_url = \"{}\"\n{}{concurrency}{}\n",
             setup.clickhouse_url.clone().unwrap_or_else(clickhouse_url),
+            tier_users(),
             setup.tier_extra
         ));
     }
     toml
+}
+
+/// The least-privilege users `make test` provisions on both servers (see
+/// `scripts/services.sh` and `scripts/chdb_server.py`).
+pub const TENANT_USER: (&str, &str) = ("sluice_tenant", "sluice-tenant-local");
+pub const MONITOR_USER: (&str, &str) = ("sluice_monitor", "sluice-monitor-local");
+
+/// The `user` lines of a test tier: on 26.9 the restricted users, as in production; on
+/// 18.16 `default`, trusted, because a restricted 18.x user (readonly = 1 in its
+/// profile) cannot take per-query settings, which many tests send. `tests/security.rs`
+/// runs the restricted 18.16 user on its own.
+pub fn tier_users() -> String {
+    static LINES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            // Asked once per test binary, on a thread of its own (callers may be async).
+            let modern = std::thread::spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(is_modern())
+            })
+            .join()
+            .unwrap();
+            if modern {
+                format!(
+                    "user = \"{}\"\npassword = \"{}\"\nmonitor_user = \"{}\"\nmonitor_password = \"{}\"\n",
+                    TENANT_USER.0, TENANT_USER.1, MONITOR_USER.0, MONITOR_USER.1
+                )
+            } else {
+                "trusted_user = true\n".to_string()
+            }
+        })
+        .clone()
 }
 
 impl Harness {
@@ -633,5 +669,131 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A ClickHouse server of the test's own (the same version as the test server), on
+/// ports of its own, that a test may kill and start again: for what must survive a
+/// server going away. 26.9 runs from the chdb-core venv `make test` installs; 18.16
+/// from Debian's `clickhouse-server`, with the users.xml `make test` wrote.
+pub struct PrivateClickHouse {
+    modern: bool,
+    dir: tempfile::TempDir,
+    http_port: u16,
+    tcp_port: u16,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PrivateClickHouse {
+    pub async fn start() -> PrivateClickHouse {
+        let mut server = PrivateClickHouse {
+            modern: is_modern().await,
+            dir: tempfile::tempdir().unwrap(),
+            http_port: free_port(),
+            tcp_port: free_port(),
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    async fn spawn(&mut self) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let d = self.dir.path();
+        let mut cmd = if self.modern {
+            let mut c = std::process::Command::new(root.join(".tools/venv/bin/python"));
+            c.arg(root.join("scripts/chdb_server.py"))
+                .arg(d)
+                .arg(self.http_port.to_string())
+                .arg(self.tcp_port.to_string());
+            c
+        } else {
+            for sub in ["data/tmp", "data/user_files", "data/fs"] {
+                std::fs::create_dir_all(d.join(sub)).unwrap();
+            }
+            let mut c = std::process::Command::new("clickhouse-server");
+            c.arg("--config-file=/etc/clickhouse-server/config.xml")
+                .arg("--")
+                .arg(format!(
+                    "--users_config={}",
+                    root.join(".tools/run/ch18/users.xml").display()
+                ))
+                .arg(format!("--path={}/data/", d.display()))
+                .arg(format!("--tmp_path={}/data/tmp/", d.display()))
+                .arg(format!(
+                    "--user_files_path={}/data/user_files/",
+                    d.display()
+                ))
+                .arg(format!("--format_schema_path={}/data/fs/", d.display()))
+                .arg(format!("--http_port={}", self.http_port))
+                .arg(format!("--tcp_port={}", self.tcp_port))
+                .arg(format!("--interserver_http_port={}", free_port()))
+                .arg("--listen_host=127.0.0.1")
+                .arg(format!("--logger.log={}/server.log", d.display()))
+                .arg(format!("--logger.errorlog={}/server.err.log", d.display()));
+            c
+        };
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.child = Some(cmd.spawn().expect("the private ClickHouse starts"));
+        let ping = format!("{}/ping", self.url());
+        eventually(
+            Duration::from_secs(60),
+            "the private ClickHouse answers",
+            || {
+                let ping = ping.clone();
+                async move {
+                    reqwest::get(ping)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// kill -9, as a crash does.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Plain-text answer of a query as `default`.
+    pub async fn text(&self, sql: &str) -> String {
+        match reqwest::Client::new()
+            .post(self.url())
+            .body(sql.to_string())
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
