@@ -137,6 +137,11 @@ pub enum RowCounting {
     JsonRowsField,
     /// The format reports `<rows>N</rows>` at its end.
     XmlRowsField,
+    /// Parquet's footer states `num_rows`.
+    ParquetFooter,
+    /// Arrow IPC messages state each record batch's length (`file`: the IPC file format,
+    /// which starts with a magic).
+    ArrowMessages { file: bool },
     /// A layout for people or a binary format: Sluice does not decode it, the row count
     /// stays unknown.
     Unknown,
@@ -312,10 +317,10 @@ impl Format {
             | Vertical
             | Markdown
             | RowBinary
-            | Native
-            | Parquet
-            | Arrow
-            | ArrowStream => RowCounting::Unknown,
+            | Native => RowCounting::Unknown,
+            Parquet => RowCounting::ParquetFooter,
+            Arrow => RowCounting::ArrowMessages { file: true },
+            ArrowStream => RowCounting::ArrowMessages { file: false },
         }
     }
 }

@@ -21,6 +21,7 @@
 //! A worker never changes an execution it has not claimed, and never writes without its
 //! fence (see `store::queue`).
 
+mod binary_rows;
 mod columns;
 mod rows;
 mod run;

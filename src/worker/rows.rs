@@ -1,10 +1,13 @@
 //! Counting rows of a result while it streams through, without decoding it.
 //!
 //! Text formats put one row per line (after their header lines); CSV may hold a newline
-//! inside a quoted field, so it tracks quotes. JSON and JSONCompact state `"rows": N` near
-//! their end. Binary formats (Native, Parquet, Arrow) are not decoded: their count stays
-//! unknown rather than guessed.
+//! inside a quoted field, so it tracks quotes. The JSON formats state `"rows": N` near
+//! their end, XML `<rows>N</rows>`. Parquet and Arrow state their counts in their
+//! structure (see `binary_rows`). Native, RowBinary and the layouts for people (Pretty,
+//! Vertical, Markdown, Values) would have to be decoded: their count stays unknown
+//! rather than guessed.
 
+use super::binary_rows::{ArrowCounter, parquet_rows};
 use crate::execution::RowCounting;
 
 #[derive(Debug)]
@@ -12,6 +15,7 @@ pub struct RowCounter {
     mode: RowCounting,
     newlines: u64,
     in_quotes: bool,
+    arrow: Option<ArrowCounter>,
 }
 
 impl RowCounter {
@@ -20,6 +24,10 @@ impl RowCounter {
             mode,
             newlines: 0,
             in_quotes: false,
+            arrow: match mode {
+                RowCounting::ArrowMessages { file } => Some(ArrowCounter::new(file)),
+                _ => None,
+            },
         }
     }
 
@@ -41,7 +49,15 @@ impl RowCounter {
                     }
                 }
             }
-            RowCounting::JsonRowsField | RowCounting::XmlRowsField | RowCounting::Unknown => {}
+            RowCounting::ArrowMessages { .. } => {
+                if let Some(a) = self.arrow.as_mut() {
+                    a.feed(chunk);
+                }
+            }
+            RowCounting::JsonRowsField
+            | RowCounting::XmlRowsField
+            | RowCounting::ParquetFooter
+            | RowCounting::Unknown => {}
         }
     }
 
@@ -53,6 +69,8 @@ impl RowCounter {
             }
             RowCounting::JsonRowsField => number_after(tail, b"\"rows\":"),
             RowCounting::XmlRowsField => number_after(tail, b"<rows>"),
+            RowCounting::ParquetFooter => parquet_rows(tail),
+            RowCounting::ArrowMessages { .. } => self.arrow.as_ref().and_then(ArrowCounter::finish),
             RowCounting::Unknown => None,
         }
     }
