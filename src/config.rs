@@ -61,6 +61,18 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Tiers by name. Each has its own ClickHouse endpoint, settings and workers.
     pub tiers: BTreeMap<String, TierConfig>,
+    /// Saved reports (see `tasks`).
+    #[serde(default)]
+    pub tasks: TasksConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Directory of `*.sql` task files, read at start and again on SIGHUP; no tasks
+    /// when absent.
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,6 +376,10 @@ pub struct TierConfig {
     /// else is refused with 400 before it is queued.
     #[serde(default = "default_allowed_statements")]
     pub allowed_statements: Vec<crate::sql::Kind>,
+    /// `false`: only saved reports (`tasks`) run here; `POST /v1/executions` naming this
+    /// tier is 403 `ad_hoc_sql_forbidden`.
+    #[serde(default = "default_true")]
+    pub ad_hoc_sql: bool,
     /// Settings a client may add to a submission (in `settings` or in the SQL's
     /// `SETTINGS` clause). Anything else is rejected with 400.
     #[serde(default = "default_client_settings")]
@@ -588,6 +604,7 @@ fn default_max_attempts() -> i32 {
 
 /// Keys of [`Config`]; `SLUICE_<KEY>` environment variables override them.
 const TOP_LEVEL_KEYS: &[&str] = &[
+    "tasks",
     "database_url",
     "database_max_connections",
     "default_tier",

@@ -542,6 +542,8 @@ pub struct Execution {
     pub parameters: Option<sqlx::types::Json<Secrets>>,
     pub quota_key: Option<String>,
     pub max_running: Option<i32>,
+    /// The saved report it runs (see `tasks`), if submitted as one.
+    pub task: Option<String>,
 }
 
 /// Query parameter values: secrets. Their `Debug` shows names only, so no log line or

@@ -24,6 +24,7 @@ pub mod results;
 pub mod roles;
 pub mod sql;
 pub mod store;
+pub mod tasks;
 pub mod worker;
 
 /// A name for this process's worker or bookkeeper, unique across hosts and restarts:

@@ -21,6 +21,8 @@
 //!   `complete_batch`); its `_count` and `_sum` say how often each step ran and how long
 //!   it took in all, which `sluice bench` turns into a per-execution breakdown
 //! - `sluice_completion_batch_rows` summary: completions written per statement
+//! - `sluice_task_reloads_total{outcome}` counter: SIGHUP reloads of the saved reports
+//!   (`ok` or `failed`; a failed one keeps the set in use)
 
 use std::sync::OnceLock;
 use std::time::Instant;

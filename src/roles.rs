@@ -32,8 +32,8 @@ pub enum RoleError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("authentication: {0}")]
-    Auth(#[from] crate::auth::AuthError),
+    #[error("api: {0}")]
+    Api(#[from] crate::api::ApiInitError),
     #[error("api server failed: {0}")]
     Serve(std::io::Error),
     #[error("a role task failed: {0}")]

@@ -67,18 +67,72 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
-    let body = body.map_err(|e| {
+    let body = body_bytes(&ctx, body)?;
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let wait = wait_duration(&ctx, params.wait)?;
+    let request = parse_submission(&headers, &body, params)?;
+    if let Some(tier) = ad_hoc_forbidden(&ctx, &principal, request.tier.as_deref()) {
+        return Err(ApiError::Forbidden {
+            code: "ad_hoc_sql_forbidden",
+            message: format!(
+                "tier `{tier}` runs saved reports only (ad_hoc_sql = false): submit one of \
+                 GET /v1/tasks with POST /v1/tasks/{{name}}/executions"
+            ),
+        });
+    }
+    let new = validate(&ctx, &principal, request, None)?;
+    queue(&ctx, &principal, new, wait).await
+}
+
+/// The tier a submission would run on, when that tier refuses ad-hoc SQL.
+fn ad_hoc_forbidden(ctx: &ApiContext, principal: &Principal, tier: Option<&str>) -> Option<String> {
+    let name = tier
+        .map(String::from)
+        .or_else(|| principal.default_tier.clone())
+        .unwrap_or_else(|| ctx.config.default_tier.clone());
+    ctx.config
+        .tier(&name)
+        .is_some_and(|t| !t.ad_hoc_sql)
+        .then_some(name)
+}
+
+/// The request body, or the 413 / 400 that says why there is none.
+pub(super) fn body_bytes(
+    ctx: &ApiContext,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(ctx.config.api.max_body_bytes)
         } else {
             ApiError::bad_request("invalid_body", e.body_text())
         }
-    })?;
-    let Query(params) =
-        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let wait = wait_duration(&ctx, params.wait)?;
-    let request = parse_submission(&headers, &body, params)?;
-    let new = validate(&ctx, &principal, request)?;
+    })
+}
+
+/// A JSON body as `T`, or a 400 naming what is wrong with it.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        if message.starts_with("unknown field") {
+            ApiError::bad_request("unknown_field", message)
+        } else if message.starts_with("missing field") {
+            ApiError::bad_request("missing_field", message)
+        } else {
+            ApiError::bad_request("invalid_json", format!("malformed JSON body: {message}"))
+        }
+    })
+}
+
+/// Stores a validated submission (created, collapsed or superseding) and answers, after
+/// the long poll when `wait` asks for one.
+pub(super) async fn queue(
+    ctx: &ApiContext,
+    principal: &Principal,
+    new: NewExecution,
+    wait: Option<Duration>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let started = std::time::Instant::now();
     let submitted = ctx.store.submit(&new).await;
     crate::metrics::step("submit", started);
@@ -175,16 +229,7 @@ fn parse_submission(
                      (only `wait` goes in the query string)",
                 ));
             }
-            serde_json::from_slice(body).map_err(|e| {
-                let message = e.to_string();
-                if message.starts_with("unknown field") {
-                    ApiError::bad_request("unknown_field", message)
-                } else if message.starts_with("missing field") {
-                    ApiError::bad_request("missing_field", message)
-                } else {
-                    ApiError::bad_request("invalid_json", format!("malformed JSON body: {message}"))
-                }
-            })
+            parse_json(body)
         }
         other => Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type `{other}` is not accepted: send application/json or text/plain SQL"
@@ -192,11 +237,13 @@ fn parse_submission(
     }
 }
 
-/// Everything a submission must satisfy before it is queued.
-fn validate(
+/// Everything a submission must satisfy before it is queued; `task` names the saved
+/// report it runs, if any.
+pub(super) fn validate(
     ctx: &ApiContext,
     principal: &Principal,
     r: SubmitRequest,
+    task: Option<&str>,
 ) -> Result<NewExecution, ApiError> {
     no_nul("sql", "invalid_sql", &r.sql)?;
     let statement = sql::analyze(&r.sql).map_err(statement_error)?;
@@ -344,6 +391,7 @@ fn validate(
         quota_key: principal.quota_key.clone(),
         max_running: max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         max_queued: max_queued.map(i64::from),
+        task: task.map(String::from),
     })
 }
 
@@ -455,7 +503,10 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `?wait=N`: how long to long-poll, or `None` for an immediate answer.
-fn wait_duration(ctx: &ApiContext, wait: Option<u32>) -> Result<Option<Duration>, ApiError> {
+pub(super) fn wait_duration(
+    ctx: &ApiContext,
+    wait: Option<u32>,
+) -> Result<Option<Duration>, ApiError> {
     let max = ctx.config.api.max_wait.as_secs();
     match wait {
         None | Some(0) => Ok(None),
@@ -579,6 +630,7 @@ pub async fn list(
             query_id: p.query_id,
             status,
             tier: p.tier,
+            task: p.task,
             before,
             limit: i64::from(limit) + 1,
         })

@@ -13,6 +13,7 @@ pub mod error;
 pub mod executions;
 pub mod model;
 pub mod results;
+pub mod tasks;
 pub mod wait;
 
 use std::sync::Arc;
@@ -46,6 +47,17 @@ pub struct ApiContext {
     pub finishes: Arc<wait::Finishes>,
     /// Fires when the server stops; long polls answer at once then.
     pub shutdown: CancellationToken,
+    /// Saved reports, reloaded on SIGHUP.
+    pub tasks: Arc<crate::tasks::Tasks>,
+}
+
+/// Why the API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiInitError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("tasks: {0}")]
+    Tasks(#[from] crate::tasks::TaskError),
 }
 
 impl ApiContext {
@@ -53,14 +65,20 @@ impl ApiContext {
         config: Arc<Config>,
         store: Store,
         results: ResultStore,
-    ) -> Result<ApiContext, AuthError> {
+    ) -> Result<ApiContext, ApiInitError> {
         if config.results.link_secret.is_none() {
             tracing::warn!(
                 "results.link_secret is not set: result links of a local store are signed \
                  with a key private to this process"
             );
         }
+        let tasks = crate::tasks::Tasks::load(
+            config.tasks.dir.as_deref(),
+            config.tiers.keys().cloned().collect(),
+        )?;
+        tracing::info!(tasks = tasks.current().tasks.len(), "saved reports loaded");
         Ok(ApiContext {
+            tasks: Arc::new(tasks),
             auth: Arc::new(Authenticator::new(&config.auth)?),
             links: LinkSigner::new(config.results.link_secret.as_deref()),
             finishes: Arc::default(),
@@ -104,6 +122,8 @@ impl utoipa::Modify for BearerAuth {
         executions::list,
         executions::get,
         executions::cancel,
+        tasks::list,
+        tasks::submit,
         results::download,
         results::result_url,
         results::signed_download,
@@ -114,6 +134,7 @@ impl utoipa::Modify for BearerAuth {
     ),
     tags(
         (name = "executions", description = "Submit, inspect, cancel and download"),
+        (name = "tasks", description = "Saved reports: named SQL with typed arguments"),
         (name = "tiers", description = "Where executions run, and the limits there"),
         (name = "operations", description = "Liveness and readiness"),
     ),
@@ -137,6 +158,8 @@ pub fn router(ctx: ApiContext) -> Router {
         )
         .route("/v1/executions/{id}", get(executions::get))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/v1/tasks", get(tasks::list))
+        .route("/v1/tasks/{name}/executions", post(tasks::submit))
         .route("/v1/executions/{id}/result", get(results::download))
         .route("/v1/executions/{id}/result-url", post(results::result_url))
         .route("/v1/results/{id}", get(results::signed_download))
@@ -266,7 +289,33 @@ pub async fn serve(
             .clone()
             .listen(ctx.store.clone(), shutdown.clone()),
     );
+    tokio::spawn(reload_tasks_on_sighup(ctx.tasks.clone(), shutdown.clone()));
     axum::serve(listener, router(ctx))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// Reloads the saved reports on every SIGHUP: all or nothing, so a broken file keeps the
+/// set in use (and says why in the log).
+async fn reload_tasks_on_sighup(tasks: Arc<crate::tasks::Tasks>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: saved reports are read at start only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match tasks.reload() {
+                Ok(n) => {
+                    metrics::counter!("sluice_task_reloads_total", "outcome" => "ok").increment(1);
+                    tracing::info!(tasks = n, "saved reports reloaded")
+                }
+                Err(e) => {
+                    metrics::counter!("sluice_task_reloads_total", "outcome" => "failed").increment(1);
+                    tracing::warn!(error = %e, "saved reports not reloaded; the previous set stays")
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

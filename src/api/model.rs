@@ -83,6 +83,8 @@ pub struct ListParams {
     /// One tenant's executions (for admins; anyone else sees only their own tenant, so
     /// another tenant's name gives an empty page).
     pub tenant: Option<String>,
+    /// Executions of one saved report (task).
+    pub task: Option<String>,
     /// Page size, 1 to `api.max_page_size` (default 100).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -116,6 +118,8 @@ pub struct ExecutionView {
     pub tier: String,
     pub query_id: String,
     pub sql: String,
+    /// The saved report it runs, if it was submitted as one.
+    pub task: Option<String>,
     pub format: Format,
     pub settings: BTreeMap<String, String>,
     pub priority: i16,
@@ -158,6 +162,7 @@ impl From<Execution> for ExecutionView {
             tier: e.tier,
             query_id: e.query_id,
             sql: e.sql,
+            task: e.task,
             format: e.format,
             settings: e.settings.0,
             priority: e.priority,
@@ -263,4 +268,61 @@ pub struct SignedLinkParams {
     /// Unix time the link stops working.
     pub expires: i64,
     pub signature: String,
+}
+
+/// `POST /v1/tasks/{name}/executions`: the task's arguments, and the usual options.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSubmitRequest {
+    /// Arguments by position, in the order the task lists them (`GET /v1/tasks`).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub args: Option<Vec<serde_json::Value>>,
+    /// Arguments by name (instead of `args`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<BTreeMap<String, serde_json::Value>>,
+    /// Tier to run on; the task's, or the principal's default, when absent.
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub query_id: Option<String>,
+    /// Output format; the task's, or `JSONEachRow`, when absent.
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i16>,
+    /// ClickHouse settings for this run; only those the tier allows.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// One argument of a task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskArgView {
+    pub name: String,
+    /// The ClickHouse type the placeholder declares.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// 0-based position in `args`.
+    pub position: usize,
+}
+
+/// A saved report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    pub name: String,
+    pub description: Option<String>,
+    /// The tier it runs on unless the submission names another.
+    pub tier: Option<String>,
+    pub format: Option<Format>,
+    /// Reuse of a recent result, in seconds (see the README).
+    pub max_age_seconds: Option<u64>,
+    pub arguments: Vec<TaskArgView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskView>,
 }

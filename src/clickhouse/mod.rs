@@ -217,6 +217,9 @@ pub struct Query<'a> {
     pub settings: &'a BTreeMap<String, String>,
     /// Query parameter values by name (secrets).
     pub parameters: &'a BTreeMap<String, String>,
+    /// The values are already in `sql` as literals (a server without query
+    /// parameters): nothing is sent as `param_<name>`; messages are still redacted.
+    pub inline_parameters: bool,
     pub quota_key: Option<&'a str>,
 }
 
@@ -244,9 +247,12 @@ impl Redactor {
     pub fn new(parameters: &BTreeMap<String, String>) -> Redactor {
         let mut values = Vec::new();
         for v in parameters.values().filter(|v| v.len() >= 4) {
-            let escaped = escape_parameter(v);
-            if escaped != *v {
-                values.push(escaped);
+            // As sent, escaped as a parameter, and quoted as a literal (18.x).
+            let quoted = crate::sql::types::quote(v);
+            for form in [escape_parameter(v), quoted[1..quoted.len() - 1].to_string()] {
+                if form != *v && !values.contains(&form) {
+                    values.push(form);
+                }
             }
             values.push(v.clone());
         }
@@ -554,15 +560,14 @@ impl Endpoint {
         for (k, v) in query.settings {
             params.push((k.clone(), v.clone()));
         }
-        let types = parameter_types(query.sql);
-        for (name, value) in query.parameters {
-            let composite = types.get(name.as_str()).is_some_and(|t| is_composite(t));
-            let value = if composite {
-                value.clone()
-            } else {
-                escape_parameter(value)
-            };
-            params.push((format!("param_{name}"), value));
+        if !query.inline_parameters {
+            let types = parameter_types(query.sql);
+            for (name, value) in query.parameters {
+                params.push((
+                    format!("param_{name}"),
+                    parameter_value(types.get(name), value),
+                ));
+            }
         }
         for (k, v) in readonly {
             params.push((k.clone(), v.clone()));
@@ -615,6 +620,7 @@ impl Endpoint {
             format: Format::TabSeparated,
             settings: &empty,
             parameters: &empty,
+            inline_parameters: false,
             quota_key: None,
         };
         // The user must be able to run something at all with the tier's settings.
@@ -757,41 +763,27 @@ fn is_composite(type_: &str) -> bool {
         .any(|p| t.starts_with(p))
 }
 
-/// `{name:Type}` placeholders of `sql`: name to type.
-pub fn parameter_types(sql: &str) -> std::collections::HashMap<&str, &str> {
-    let mut found = std::collections::HashMap::new();
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'{' {
-            let start = i + 1;
-            let mut j = start;
-            while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
-                j += 1;
-            }
-            if j > start && j < bytes.len() && bytes[j] == b':' {
-                // The type runs to the matching `}`.
-                let type_start = j + 1;
-                let mut depth = 0usize;
-                let mut k = type_start;
-                while k < bytes.len() {
-                    match bytes[k] {
-                        b'(' => depth += 1,
-                        b')' => depth = depth.saturating_sub(1),
-                        b'}' if depth == 0 => break,
-                        _ => {}
-                    }
-                    k += 1;
-                }
-                if k < bytes.len() {
-                    found.insert(&sql[start..j], sql[type_start..k].trim());
-                    i = k;
-                }
-            }
-        }
-        i += 1;
+/// `{name:Type}` placeholders of `sql`: name to declared type.
+pub fn parameter_types(sql: &str) -> std::collections::HashMap<String, String> {
+    crate::sql::placeholders(sql)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.type_text))
+        .collect()
+}
+
+/// A parameter's value as `param_<name>` carries it: escaped text (see
+/// [`escape_parameter`]), except literal syntax for composite types and `\N` (NULL) for
+/// a Nullable, which ClickHouse reads as they are.
+fn parameter_value(declared: Option<&String>, value: &str) -> String {
+    let raw = declared.is_some_and(|t| {
+        is_composite(t) || (value == "\\N" && t.trim_start().starts_with("Nullable"))
+    });
+    if raw {
+        value.to_string()
+    } else {
+        escape_parameter(value)
     }
-    found
 }
 
 async fn timeout<T>(
@@ -959,7 +951,10 @@ mod tests {
         let t = parameter_types(sql);
         assert_eq!(t["s"], "String");
         assert_eq!(t["a"], "Array(Tuple(UInt8, String))");
-        assert!(is_composite(t["a"]) && is_composite(t["m"]) && !is_composite(t["s"]));
+        assert!(is_composite(&t["a"]) && is_composite(&t["m"]) && !is_composite(&t["s"]));
+        let nullable = "Nullable(String)".to_string();
+        assert_eq!(parameter_value(Some(&nullable), "\\N"), "\\N");
+        assert_eq!(parameter_value(Some(&t["s"]), "\\N"), "\\\\N");
     }
 
     #[test]
@@ -971,6 +966,7 @@ mod tests {
             format: Format::JSON,
             settings: &empty,
             parameters: &params,
+            inline_parameters: false,
             quota_key: None,
         };
         let m = q.redact("Value hunter2secret cannot be parsed as UInt8");

@@ -14,6 +14,7 @@ pub struct ListFilter {
     pub query_id: Option<String>,
     pub status: Option<Status>,
     pub tier: Option<String>,
+    pub task: Option<String>,
     /// Only executions older than this id.
     pub before: Option<Uuid>,
     pub limit: i64,
@@ -40,6 +41,7 @@ impl Store {
                AND ($3::execution_status IS NULL OR status = $3) \
                AND ($4::text IS NULL OR tier = $4) \
                AND ($5::uuid IS NULL OR id < $5) \
+               AND ($7::text IS NULL OR task = $7) \
              ORDER BY id DESC \
              LIMIT $6",
         )
@@ -49,6 +51,7 @@ impl Store {
         .bind(&f.tier)
         .bind(f.before)
         .bind(f.limit)
+        .bind(&f.task)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

@@ -49,8 +49,8 @@ impl Conn<'_> {
 macro_rules! insert {
     () => {
         "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, sql, \
-         format, settings, priority, max_attempts, parameters, quota_key, max_running) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+         format, settings, priority, max_attempts, parameters, quota_key, max_running, task) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     };
 }
 
@@ -107,6 +107,8 @@ pub struct NewExecution {
     pub max_running: Option<i32>,
     /// Queue cap of the tenant on this tier, checked here.
     pub max_queued: Option<i64>,
+    /// The saved report it runs, if submitted as one.
+    pub task: Option<String>,
 }
 
 #[derive(Debug)]
@@ -160,7 +162,7 @@ impl Store {
                     "WITH ins AS (",
                     insert_or_collapse!(),
                     ") SELECT ins.*, CASE WHEN ins.inserted \
-                         THEN pg_notify($15, ins.tier) IS NULL END AS notified FROM ins"
+                         THEN pg_notify($16, ins.tier) IS NULL END AS notified FROM ins"
                 );
                 bind_new(sqlx::query(sql), id, new).bind(Channel::Work.name())
             } else {
@@ -284,7 +286,7 @@ async fn supersede(
     )))
 }
 
-/// Binds `$1..$14` of `insert!()` for `new` with id `id`.
+/// Binds `$1..$15` of `insert!()` for `new` with id `id`.
 fn bind_new<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -309,4 +311,5 @@ fn bind_new<'q>(
         })
         .bind(&new.quota_key)
         .bind(new.max_running)
+        .bind(&new.task)
 }

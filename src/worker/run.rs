@@ -338,20 +338,28 @@ impl Worker {
         // Validated at submit; a row queued by an older release may not be, and is sent
         // as it is.
         let statement = sql::analyze(&execution.sql).ok();
+        let body = statement
+            .as_ref()
+            .map_or(execution.sql.as_str(), |s| s.body());
+        let server = self.engine.server().await?;
+        server.check_format(format)?;
+        // A server without query parameters (18.x) gets the values as typed literals.
+        let inline = !parameters.is_empty() && server.check_parameters().is_err();
+        let inlined;
+        let sql_text = if inline {
+            inlined = inline_parameters(body, parameters)?;
+            inlined.as_str()
+        } else {
+            body
+        };
         let query = Query {
-            sql: statement
-                .as_ref()
-                .map_or(execution.sql.as_str(), |s| s.body()),
+            sql: sql_text,
             format,
             settings: &execution.settings.0,
             parameters,
+            inline_parameters: inline,
             quota_key: execution.quota_key.as_deref(),
         };
-        let server = self.engine.server().await?;
-        server.check_format(format)?;
-        if !parameters.is_empty() {
-            server.check_parameters()?;
-        }
 
         // Column metadata never fails an execution. None for statements without rows
         // (CREATE, INSERT on a writable tier); what an earlier run of the same statement
@@ -570,6 +578,33 @@ struct Streamed {
     rows: Option<u64>,
     /// From the format's header; `None` when it has none or it could not be read.
     columns: Option<Vec<Column>>,
+}
+
+/// `sql` with each `{name:Type}` replaced by its value as a typed literal (see
+/// `sql::types::literal_from_param`).
+fn inline_parameters(
+    sql: &str,
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> Result<String, Failure> {
+    let unsupported = |why: String| {
+        Failure::from(EngineError::Unsupported(format!(
+            "this server has no query parameters, and {why}"
+        )))
+    };
+    let placeholders =
+        sql::placeholders(sql).map_err(|e| unsupported(format!("the SQL cannot be read: {e}")))?;
+    let mut literals = std::collections::HashMap::new();
+    for p in &placeholders {
+        let Some(value) = parameters.get(&p.name) else {
+            return Err(unsupported(format!("parameter `{}` has no value", p.name)));
+        };
+        let literal = sql::types::literal_from_param(&p.type_text, value)
+            .map_err(|e| unsupported(format!("parameter `{}` cannot be inlined: {e}", p.name)))?;
+        literals.insert(p.name.clone(), literal);
+    }
+    Ok(sql::render(sql, &placeholders, |p| {
+        literals[&p.name].clone()
+    }))
 }
 
 fn engine_error(e: EngineError) -> ErrorInfo {

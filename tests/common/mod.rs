@@ -224,8 +224,15 @@ pub fn config_toml(pool: &PgPool, setup: &Setup, results_dir: &std::path::Path) 
         } else {
             "concurrency = 4\n"
         };
+        // A test that fails half-way leaves its long queries running on the shared
+        // servers; the time limit ends them before they slow the rest of the suite.
+        let settings = if setup.tier_extra.contains("settings") {
+            ""
+        } else {
+            "settings = { max_execution_time = 600 }\n"
+        };
         toml.push_str(&format!(
-            "[tiers.{tier}]\nclickhouse_url = \"{}\"\n{}{concurrency}{}\n",
+            "[tiers.{tier}]\nclickhouse_url = \"{}\"\n{}{concurrency}{settings}{}\n",
             setup.clickhouse_url.clone().unwrap_or_else(clickhouse_url),
             tier_users(),
             setup.tier_extra
@@ -460,6 +467,18 @@ impl Api {
             .post(self.url(path))
             .header("content-type", content_type)
             .body(body)
+            .send()
+            .await
+            .unwrap();
+        json_answer(r).await
+    }
+
+    /// POST a JSON `body` to `path`; the status and the JSON body.
+    pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
             .send()
             .await
             .unwrap();

@@ -19,6 +19,8 @@
 //!
 //! This module is pure: it never performs I/O.
 
+pub mod types;
+
 use std::ops::Range;
 
 /// What a statement may do, by its leading keyword.
@@ -245,6 +247,61 @@ pub fn analyze(sql: &str) -> Result<Statement<'_>, SqlError> {
         settings,
         system_tables,
     })
+}
+
+/// A `{name:Type}` placeholder of a statement (query parameters, task arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    pub name: String,
+    /// The declared type as written.
+    pub type_text: String,
+    /// Where the whole placeholder is, braces included.
+    pub span: Range<usize>,
+}
+
+/// The placeholders of `sql`, outside literals and comments, in order of appearance.
+pub fn placeholders(sql: &str) -> Result<Vec<Placeholder>, SqlError> {
+    let tokens = lex(sql)?;
+    let mut found = Vec::new();
+    for (i, open) in tokens.iter().enumerate() {
+        if !open.is_punct(b'{') {
+            continue;
+        }
+        let (Some(name), Some(colon)) = (tokens.get(i + 1), tokens.get(i + 2)) else {
+            continue;
+        };
+        if name.kind != TokenKind::Word || !colon.is_punct(b':') {
+            continue;
+        }
+        let close = tokens[i + 3..]
+            .iter()
+            .find(|t| t.is_punct(b'}') && t.depth == open.depth);
+        if let Some(close) = close {
+            found.push(Placeholder {
+                name: name.text(sql).to_string(),
+                type_text: sql[colon.span.end..close.span.start].trim().to_string(),
+                span: open.span.start..close.span.end,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// `sql` with each placeholder replaced by `literal(placeholder)`.
+pub fn render(
+    sql: &str,
+    placeholders: &[Placeholder],
+    literal: impl Fn(&Placeholder) -> String,
+) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for p in placeholders {
+        out.push_str(&sql[at..p.span.start]);
+        out.push_str(&literal(p));
+        at = p.span.end;
+    }
+    out.push_str(&sql[at..]);
+    out
 }
 
 /// The kind of a statement from its first words.
@@ -695,6 +752,30 @@ mod tests {
         assert_eq!(t("SELECT * FROM `system`.`grants`"), Some("grants".into()));
         assert_eq!(t("SELECT * FROM system.numbers LIMIT 1"), None);
         assert_eq!(t("SELECT 'system.processes'"), None);
+    }
+
+    #[test]
+    fn placeholders_outside_literals_in_order() {
+        let sql = "SELECT {a:UInt8}, '{b:String}' /* {c:Int8} */, {d: Array(Tuple(UInt8, String)) }, {a:UInt8}";
+        let found = placeholders(sql).unwrap();
+        let names: Vec<(&str, &str)> = found
+            .iter()
+            .map(|p| (p.name.as_str(), p.type_text.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", "UInt8"),
+                ("d", "Array(Tuple(UInt8, String))"),
+                ("a", "UInt8")
+            ]
+        );
+        assert_eq!(&sql[found[0].span.clone()], "{a:UInt8}");
+        let rendered = render(sql, &found, |p| format!("<{}>", p.name));
+        assert_eq!(
+            rendered,
+            "SELECT <a>, '{b:String}' /* {c:Int8} */, <d>, <a>"
+        );
     }
 
     #[test]
