@@ -15,7 +15,9 @@
 //! 2. *Expire*: finished executions past their tier's retention for their status become
 //!    EXPIRED and their result object is deleted (metadata stays; the result endpoint
 //!    answers 410).
-//! 3. *Purge*: EXPIRED rows older than `retention.purge_after` are deleted.
+//! 3. *Purge*: EXPIRED rows older than `retention.purge_after` are deleted, then
+//!    groups left without members. An execution with a `retention` of its own expires
+//!    after it, when that is shorter than the tier's for its status.
 //! 4. *Orphans* (every `bookkeeper.orphan_scan_interval`): result objects older than
 //!    `bookkeeper.orphan_grace` that no SUCCEEDED execution points at (a worker died
 //!    between upload and commit, or expiry died between its two steps) are deleted.
@@ -226,6 +228,16 @@ impl Bookkeeper {
                 }
             }
         }
+        // Groups whose members were all purged go too (after the longest purge_after,
+        // so a group is never deleted while a tier may still show one of its members).
+        let longest = self
+            .config
+            .tiers
+            .values()
+            .map(|t| t.retention.purge_after)
+            .max()
+            .unwrap_or_default();
+        self.store.purge_groups(longest, batch).await?;
         Ok((expired, purged))
     }
 

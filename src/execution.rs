@@ -367,6 +367,7 @@ pub fn query_hash(
     format: Format,
     settings: &BTreeMap<String, String>,
     parameters: &BTreeMap<String, String>,
+    from_result: Option<Uuid>,
 ) -> String {
     let mut h = Sha256::new();
     // Length-prefix every field so no two different submissions serialize alike.
@@ -390,6 +391,11 @@ pub fn query_hash(
             field(k.as_bytes());
             field(v.as_bytes());
         }
+    }
+    // A follow-up query's table is another execution's result.
+    if let Some(source) = from_result {
+        field(b"from_result");
+        field(source.as_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -417,6 +423,8 @@ pub enum ErrorCode {
     Superseded,
     /// Its workers stopped renewing their leases, attempt after attempt.
     WorkerLost,
+    /// The stored result a follow-up query reads is gone (expired or deleted).
+    ResultUnavailable,
     /// The ClickHouse server restarted while running it (it may have crashed on it).
     ServerCrashed,
 }
@@ -433,6 +441,7 @@ impl ErrorCode {
             ErrorCode::Canceled => "CANCELED",
             ErrorCode::Superseded => "SUPERSEDED",
             ErrorCode::WorkerLost => "WORKER_LOST",
+            ErrorCode::ResultUnavailable => "RESULT_UNAVAILABLE",
             ErrorCode::ServerCrashed => "SERVER_CRASHED",
         }
     }
@@ -544,6 +553,14 @@ pub struct Execution {
     pub max_running: Option<i32>,
     /// The saved report it runs (see `tasks`), if submitted as one.
     pub task: Option<String>,
+    /// The group it belongs to (see `store::groups`).
+    pub group_id: Option<Uuid>,
+    /// A group member waiting for a place in its group; not claimable until released.
+    pub held: bool,
+    /// How long its result is kept, when shorter than the tier's retention.
+    pub retention_ms: Option<i64>,
+    /// The execution whose stored result this one queries as the table `result`.
+    pub from_result: Option<Uuid>,
 }
 
 /// Query parameter values: secrets. Their `Debug` shows names only, so no log line or
@@ -603,26 +620,43 @@ mod tests {
     #[test]
     fn hash_depends_on_everything_that_changes_the_result() {
         let s = BTreeMap::new();
-        let base = query_hash("SELECT 1", "default", Format::JSON, &s, &s);
+        let base = query_hash("SELECT 1", "default", Format::JSON, &s, &s, None);
         assert_eq!(
             base,
-            query_hash("SELECT 1", "default", Format::JSON, &s, &s)
+            query_hash("SELECT 1", "default", Format::JSON, &s, &s, None)
         );
         assert_ne!(
             base,
-            query_hash("SELECT 2", "default", Format::JSON, &s, &s)
+            query_hash("SELECT 2", "default", Format::JSON, &s, &s, None)
         );
-        assert_ne!(base, query_hash("SELECT 1", "vip", Format::JSON, &s, &s));
-        assert_ne!(base, query_hash("SELECT 1", "default", Format::CSV, &s, &s));
+        assert_ne!(
+            base,
+            query_hash("SELECT 1", "vip", Format::JSON, &s, &s, None)
+        );
+        assert_ne!(
+            base,
+            query_hash("SELECT 1", "default", Format::CSV, &s, &s, None)
+        );
         let mut s2 = BTreeMap::new();
         s2.insert("max_threads".to_string(), "1".to_string());
         assert_ne!(
             base,
-            query_hash("SELECT 1", "default", Format::JSON, &s2, &s)
+            query_hash("SELECT 1", "default", Format::JSON, &s2, &s, None)
         );
         assert_ne!(
             base,
-            query_hash("SELECT 1", "default", Format::JSON, &s, &s2)
+            query_hash("SELECT 1", "default", Format::JSON, &s, &s2, None)
+        );
+        assert_ne!(
+            base,
+            query_hash(
+                "SELECT 1",
+                "default",
+                Format::JSON,
+                &s,
+                &s,
+                Some(Uuid::nil())
+            )
         );
     }
 }

@@ -139,8 +139,9 @@ async fn a_hostile_tenant_is_refused_and_the_victim_is_untouched(pool: PgPool) {
 /// Runs a worker of a tier whose user lines are `users` until it has checked the user;
 /// the worker's error, or `None` when it serves.
 async fn worker_verdict(h: &Harness, pool: &PgPool, users: &str) -> Option<String> {
-    let toml =
-        config_toml(pool, &Setup::default(), h.results_dir.path()).replace(&tier_users(), users);
+    let toml = config_toml(pool, &Setup::default(), h.results_dir.path())
+        .replace(&tier_users(), users)
+        .replace(TIME_LIMIT, "");
     let config = sluice::config::Config::from_toml(&toml).unwrap();
     let worker =
         sluice::worker::Worker::new(&config, "default", h.store.clone(), h.results.clone())

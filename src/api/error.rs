@@ -53,6 +53,29 @@ impl ApiError {
         }
     }
 
+    /// The same error, its message prefixed with where it was found (`executions[2]`),
+    /// for requests that carry several submissions.
+    pub fn within(self, place: &str) -> ApiError {
+        let at = |m: String| format!("{place}: {m}");
+        match self {
+            ApiError::BadRequest { code, message } => ApiError::BadRequest {
+                code,
+                message: at(message),
+            },
+            ApiError::Forbidden { code, message } => ApiError::Forbidden {
+                code,
+                message: at(message),
+            },
+            ApiError::Conflict { code, message } => ApiError::Conflict {
+                code,
+                message: at(message),
+            },
+            ApiError::NotFound(m) => ApiError::NotFound(at(m)),
+            ApiError::Gone(m) => ApiError::Gone(at(m)),
+            other => other,
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),

@@ -82,11 +82,48 @@ pub async fn submit(
         });
     }
     let new = validate(&ctx, &principal, request, None)?;
+    if let Some(source) = new.from_result {
+        check_source(&ctx, &new.tenant, source).await?;
+    }
     queue(&ctx, &principal, new, wait).await
 }
 
+/// A follow-up query needs a stored result of the same tenant with known columns: 404
+/// when there is none (or it is another tenant's), 409 until it has SUCCEEDED or when
+/// its columns are unknown, 410 once expired.
+pub(super) async fn check_source(ctx: &ApiContext, tenant: &str, id: Uuid) -> Result<(), ApiError> {
+    let Some(source) = ctx.store.get(id, Some(tenant)).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no execution with id `{id}` to query (from_result)"
+        )));
+    };
+    match (source.status, source.result.as_ref()) {
+        (Status::Succeeded, Some(meta)) if meta.columns.as_ref().is_some_and(|c| !c.is_empty()) => {
+            Ok(())
+        }
+        (Status::Succeeded, _) => Err(ApiError::Conflict {
+            code: "result_not_queryable",
+            message: format!(
+                "the result of execution {id} has no known columns, so it cannot be read \
+                 as a table"
+            ),
+        }),
+        (Status::Expired, _) => Err(ApiError::Gone(format!(
+            "the result of execution {id} has expired"
+        ))),
+        (status, _) => Err(ApiError::Conflict {
+            code: "result_not_ready",
+            message: format!("execution {id} is {status}; only a SUCCEEDED result can be queried"),
+        }),
+    }
+}
+
 /// The tier a submission would run on, when that tier refuses ad-hoc SQL.
-fn ad_hoc_forbidden(ctx: &ApiContext, principal: &Principal, tier: Option<&str>) -> Option<String> {
+pub(super) fn ad_hoc_forbidden(
+    ctx: &ApiContext,
+    principal: &Principal,
+    tier: Option<&str>,
+) -> Option<String> {
     let name = tier
         .map(String::from)
         .or_else(|| principal.default_tier.clone())
@@ -212,9 +249,8 @@ fn parse_submission(
                 tier: params.tier,
                 query_id: params.query_id,
                 format: params.format,
-                settings: None,
                 priority: params.priority,
-                parameters: None,
+                ..Default::default()
             })
         }
         "application/json" | "" => {
@@ -360,7 +396,30 @@ pub(super) fn validate(
         no_nul(&format!("parameter `{name}`"), "invalid_parameter", &value)?;
         parameters.insert(name, value);
     }
-    let hash = query_hash(&r.sql, &tier_name, format, &settings, &parameters);
+    let policy = policy(&tier_name, tier, &r.run_after, r.max_attempts, &r.retention)?;
+    let from_result = r
+        .from_result
+        .as_deref()
+        .map(|id| {
+            Uuid::parse_str(id).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_from_result",
+                    format!(
+                        "from_result must be an execution id, got `{}`",
+                        id.escape_debug()
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    let hash = query_hash(
+        &r.sql,
+        &tier_name,
+        format,
+        &settings,
+        &parameters,
+        from_result,
+    );
     let query_id = match r.query_id {
         None => hash.clone(),
         Some(q) if q.trim().is_empty() || q.len() > MAX_QUERY_ID_LEN => {
@@ -386,12 +445,90 @@ pub(super) fn validate(
         format,
         settings,
         priority,
-        max_attempts: tier.max_attempts,
+        max_attempts: policy.max_attempts,
         parameters,
         quota_key: principal.quota_key.clone(),
         max_running: max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         max_queued: max_queued.map(i64::from),
         task: task.map(String::from),
+        run_after: policy.run_after,
+        retention_ms: policy.retention_ms,
+        from_result,
+    })
+}
+
+/// When and how often an execution may run and how long its result is kept.
+struct Policy {
+    run_after: Option<chrono::DateTime<chrono::Utc>>,
+    max_attempts: i32,
+    retention_ms: Option<i64>,
+}
+
+/// The submission's `run_after`, `max_attempts` and `retention`, within the tier's.
+fn policy(
+    tier_name: &str,
+    tier: &crate::config::TierConfig,
+    run_after: &Option<String>,
+    max_attempts: Option<i32>,
+    retention: &Option<String>,
+) -> Result<Policy, ApiError> {
+    let run_after = match run_after {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_run_after",
+                        format!(
+                            "run_after must be an RFC 3339 instant such as \
+                             2026-12-01T06:00:00Z, got `{}`: {e}",
+                            text.escape_debug()
+                        ),
+                    )
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    let max_attempts = match max_attempts {
+        None => tier.max_attempts,
+        Some(n) if (1..=tier.max_attempts).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_max_attempts",
+                format!(
+                    "max_attempts must be between 1 and {} (tier `{tier_name}`), got {n}",
+                    tier.max_attempts
+                ),
+            ));
+        }
+    };
+    let longest = tier.retention.succeeded;
+    let retention_ms = match retention {
+        None => None,
+        Some(text) => {
+            let bad = |why: String| {
+                ApiError::bad_request(
+                    "invalid_retention",
+                    format!(
+                        "retention `{}` {why}; give a duration such as \"1h\", up to {} \
+                         (tier `{tier_name}`)",
+                        text.escape_debug(),
+                        humantime::format_duration(longest)
+                    ),
+                )
+            };
+            let d = humantime::parse_duration(text)
+                .map_err(|e| bad(format!("is not a duration: {e}")))?;
+            if d.is_zero() || d > longest {
+                return Err(bad("is out of range".into()));
+            }
+            Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        }
+    };
+    Ok(Policy {
+        run_after,
+        max_attempts,
+        retention_ms,
     })
 }
 

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod error;
 pub mod executions;
+pub mod groups;
 pub mod model;
 pub mod results;
 pub mod tasks;
@@ -124,6 +125,9 @@ impl utoipa::Modify for BearerAuth {
         executions::cancel,
         tasks::list,
         tasks::submit,
+        groups::create,
+        groups::get,
+        groups::cancel,
         results::download,
         results::result_url,
         results::signed_download,
@@ -135,6 +139,7 @@ impl utoipa::Modify for BearerAuth {
     tags(
         (name = "executions", description = "Submit, inspect, cancel and download"),
         (name = "tasks", description = "Saved reports: named SQL with typed arguments"),
+        (name = "groups", description = "Executions created together, with a concurrency limit"),
         (name = "tiers", description = "Where executions run, and the limits there"),
         (name = "operations", description = "Liveness and readiness"),
     ),
@@ -160,6 +165,9 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/v1/tasks", get(tasks::list))
         .route("/v1/tasks/{name}/executions", post(tasks::submit))
+        .route("/v1/groups", post(groups::create))
+        .route("/v1/groups/{id}", get(groups::get))
+        .route("/v1/groups/{id}/cancel", post(groups::cancel))
         .route("/v1/executions/{id}/result", get(results::download))
         .route("/v1/executions/{id}/result-url", post(results::result_url))
         .route("/v1/results/{id}", get(results::signed_download))

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::execution::{AttemptRecord, Column, ErrorInfo, Execution, Format, Progress, Status};
 
 /// `POST /v1/executions` with `Content-Type: application/json`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The SQL to run: one statement.
@@ -44,6 +44,21 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<BTreeMap<String, serde_json::Value>>,
+    /// Not started before this instant (RFC 3339, e.g. `2026-12-01T06:00:00Z`); at once
+    /// when absent or past. A PENDING execution shows it as `runnable_at`.
+    #[serde(default)]
+    pub run_after: Option<String>,
+    /// Runs before it fails for good (1 to the tier's `max_attempts`, the default).
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// How long the result is kept once finished, e.g. `"1h"` (up to the tier's
+    /// retention, the default).
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// Query the stored result of this execution (same tenant, SUCCEEDED) as the table
+    /// `result`, e.g. `SELECT ... FROM result WHERE ... ORDER BY ... LIMIT 100`.
+    #[serde(default)]
+    pub from_result: Option<String>,
 }
 
 /// Query string of `POST /v1/executions`: `wait` always; the others only when the body
@@ -139,6 +154,15 @@ pub struct ExecutionView {
     pub superseded_by: Option<Uuid>,
     /// Attempts that failed, oldest first: why each was retried or given up.
     pub failed_attempts: Vec<AttemptRecord>,
+    /// While PENDING: when it may start (its `run_after`, or a retry's backoff); `null`
+    /// while it waits for a place in its group, and once it has left PENDING.
+    pub runnable_at: Option<DateTime<Utc>>,
+    /// The group it belongs to (`GET /v1/groups/{id}`).
+    pub group_id: Option<Uuid>,
+    /// Its own result retention in seconds, when shorter than the tier's.
+    pub retention_seconds: Option<u64>,
+    /// The execution whose stored result it queries as the table `result`.
+    pub from_result: Option<Uuid>,
 }
 
 impl From<Execution> for ExecutionView {
@@ -178,6 +202,10 @@ impl From<Execution> for ExecutionView {
             cancel_requested_at: e.cancel_requested_at,
             superseded_by: e.superseded_by,
             failed_attempts: e.attempts.0,
+            runnable_at: (e.status == Status::Pending && !e.held).then_some(e.run_after),
+            group_id: e.group_id,
+            retention_seconds: e.retention_ms.map(|ms| (ms / 1000) as u64),
+            from_result: e.from_result,
         }
     }
 }
@@ -296,6 +324,17 @@ pub struct TaskSubmitRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub settings: Option<BTreeMap<String, serde_json::Value>>,
+    /// Not started before this instant (RFC 3339, e.g. `2026-12-01T06:00:00Z`); at once
+    /// when absent or past. A PENDING execution shows it as `runnable_at`.
+    #[serde(default)]
+    pub run_after: Option<String>,
+    /// Runs before it fails for good (1 to the tier's `max_attempts`, the default).
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// How long the result is kept once finished, e.g. `"1h"` (up to the tier's
+    /// retention, the default).
+    #[serde(default)]
+    pub retention: Option<String>,
 }
 
 /// One argument of a task.
@@ -325,4 +364,56 @@ pub struct TaskView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
+}
+
+/// `POST /v1/groups`: executions created together, at most `concurrency` running at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    /// Idempotency key, unique per tenant: a group whose key exists is returned as it
+    /// is (200) instead of being created again.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Members in flight at once, at least 1.
+    pub concurrency: u32,
+    /// The members, 1 to 1,000: each the JSON body of `POST /v1/executions`, or a saved
+    /// report, `{"task": "name", "args": [...]}` with the options of
+    /// `POST /v1/tasks/{name}/executions`. They run in order of priority, then as given.
+    #[schema(value_type = Vec<Object>)]
+    pub executions: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupOutcome {
+    Created,
+    /// A group with this `group_id` existed: it is returned unchanged.
+    Existing,
+}
+
+/// A group and its members.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    pub id: Uuid,
+    /// The client's `group_id`, or the id.
+    pub group_id: String,
+    pub tenant: String,
+    pub created_by: String,
+    pub concurrency: i32,
+    /// PENDING until a member starts; RUNNING while any is in flight after that; once
+    /// all have ended: FAILED if any failed, else CANCELED if any was canceled, else
+    /// SUCCEEDED. (An EXPIRED member counts as what it was before it expired.)
+    pub status: Status,
+    /// Members by status.
+    pub counts: BTreeMap<String, usize>,
+    pub created_at: DateTime<Utc>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// In the order they were given.
+    pub executions: Vec<ExecutionView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupResponse {
+    pub outcome: GroupOutcome,
+    pub group: GroupView,
 }

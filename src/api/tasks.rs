@@ -87,16 +87,28 @@ pub async fn submit(
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let wait = wait_duration(&ctx, params.wait)?;
-    let set = ctx.tasks.current();
-    let task = set
-        .tasks
-        .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no task `{}`", name.escape_debug())))?;
     let r: TaskSubmitRequest = if body.is_empty() {
         TaskSubmitRequest::default()
     } else {
         parse_json(&body)?
     };
+    let (request, task) = task_request(&ctx, &name, r)?;
+    let new = validate(&ctx, &principal, request, Some(&task))?;
+    queue(&ctx, &principal, new, wait).await
+}
+
+/// The submission a run of task `name` makes, with its arguments checked; and the
+/// task's name.
+pub(super) fn task_request(
+    ctx: &ApiContext,
+    name: &str,
+    r: TaskSubmitRequest,
+) -> Result<(SubmitRequest, String), ApiError> {
+    let set = ctx.tasks.current();
+    let task = set
+        .tasks
+        .get(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no task `{}`", name.escape_debug())))?;
     let parameters = arguments(task, r.args, r.parameters)?;
     let request = SubmitRequest {
         sql: task.sql.clone(),
@@ -108,9 +120,12 @@ pub async fn submit(
         settings: r.settings,
         priority: r.priority,
         parameters: Some(parameters),
+        run_after: r.run_after,
+        max_attempts: r.max_attempts,
+        retention: r.retention,
+        from_result: None,
     };
-    let new = validate(&ctx, &principal, request, Some(&task.name))?;
-    queue(&ctx, &principal, new, wait).await
+    Ok((request, task.name.clone()))
 }
 
 /// The task's arguments, checked, as `param_<name>` values.

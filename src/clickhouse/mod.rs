@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -172,6 +173,8 @@ pub struct ServerInfo {
     pub version: ServerVersion,
     /// The output formats it writes (`system.formats`).
     formats: Arc<std::collections::HashSet<String>>,
+    /// The input formats it reads.
+    inputs: Arc<std::collections::HashSet<String>>,
 }
 
 impl ServerInfo {
@@ -190,12 +193,32 @@ impl ServerInfo {
     pub fn check_parameters(&self) -> Result<(), EngineError> {
         self.version.check_parameters()
     }
+
+    /// Whether this server reads `format` (external data of a follow-up query).
+    pub fn check_input_format(&self, format: Format) -> Result<(), EngineError> {
+        if self.inputs.contains(format.as_str()) {
+            Ok(())
+        } else {
+            Err(EngineError::Unsupported(format!(
+                "a result stored as {format} cannot be queried: this tier's server \
+                 (ClickHouse {}) does not read that format",
+                self.version
+            )))
+        }
+    }
 }
 
 impl std::fmt::Display for ServerVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
     }
+}
+
+/// Which rows of an external table a request sends.
+#[derive(Clone, Copy)]
+enum Data {
+    Full,
+    Empty,
 }
 
 /// Live statistics of one query.
@@ -221,6 +244,61 @@ pub struct Query<'a> {
     /// parameters): nothing is sent as `param_<name>`; messages are still redacted.
     pub inline_parameters: bool,
     pub quota_key: Option<&'a str>,
+    /// A table sent along with the query (a follow-up query on a stored result).
+    pub external: Option<&'a External<'a>>,
+}
+
+/// Opens the rows of an external table, once per request that sends them.
+pub type OpenData<'a> = dyn Fn() -> futures::future::BoxFuture<
+        'static,
+        Result<futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>, EngineError>,
+    > + Send
+    + Sync
+    + 'a;
+
+/// A table sent with a query as ClickHouse's external data (an HTTP multipart part
+/// named after the table, with `<name>_structure` and `<name>_format` in the URL): the
+/// query reads it like any table, and its bytes stream from `open` to the server
+/// without being held in memory.
+pub struct External<'a> {
+    pub name: &'a str,
+    /// `name Type, ...` (see [`external_structure`]).
+    pub structure: &'a str,
+    pub format: Format,
+    pub open: &'a OpenData<'a>,
+}
+
+/// The `structure` of an external table with `columns`. Servers before 20.x split it
+/// naively on spaces and commas, so there names must be plain identifiers and types
+/// free of spaces and commas (`Tuple(a, b)` or `Decimal(9, 2)` cannot be sent); newer
+/// ones parse a column list, so names are quoted.
+pub fn external_structure(columns: &[Column], version: ServerVersion) -> Result<String, String> {
+    let modern = version.at_least((20, 1));
+    let mut parts = Vec::with_capacity(columns.len());
+    for c in columns {
+        if modern {
+            parts.push(format!(
+                "`{}` {}",
+                c.name.replace('\\', "\\\\").replace('`', "\\`"),
+                c.type_
+            ));
+        } else {
+            let plain = !c.name.is_empty()
+                && c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                && !c.name.starts_with(|ch: char| ch.is_ascii_digit());
+            if !plain || c.type_.contains([' ', ',']) {
+                return Err(format!(
+                    "ClickHouse {version} cannot take column `{}` {} as external data (it \
+                     needs plain names and types without spaces or commas)",
+                    c.name, c.type_
+                ));
+            }
+            parts.push(format!("{} {}", c.name, c.type_));
+        }
+    }
+    Ok(parts.join(", "))
 }
 
 impl Query<'_> {
@@ -433,15 +511,25 @@ impl Endpoint {
                         let version = ServerVersion::parse(&text).ok_or_else(|| {
                             EngineError::Protocol(format!("cannot parse server version `{text}`"))
                         })?;
-                        let formats: Vec<String> = timeout(
+                        let formats: Vec<(String, u8, u8)> = timeout(
                             node.control
-                                .query("SELECT name FROM system.formats WHERE is_output")
-                                .fetch_all::<String>(),
+                                .query("SELECT name, is_input, is_output FROM system.formats")
+                                .fetch_all::<(String, u8, u8)>(),
                         )
                         .await?;
+                        let named = |pick: fn(&(String, u8, u8)) -> bool| {
+                            Arc::new(
+                                formats
+                                    .iter()
+                                    .filter(|f| pick(f))
+                                    .map(|f| f.0.clone())
+                                    .collect(),
+                            )
+                        };
                         Ok::<_, EngineError>(ServerInfo {
                             version,
-                            formats: Arc::new(formats.into_iter().collect()),
+                            formats: named(|f| f.2 == 1),
+                            inputs: named(|f| f.1 == 1),
                         })
                     })
                     .await
@@ -467,9 +555,12 @@ impl Endpoint {
         let body = format!("DESCRIBE TABLE (\n{text}\n)");
         let (_, bytes) = self
             .on_any(|node| {
-                let request = self.request(node, &body, None, "JSONEachRow", query);
+                let body = &body;
                 async move {
-                    let response = request.send().await.map_err(EngineError::from_http)?;
+                    // An external table is described empty: its columns are all it needs.
+                    let response = self
+                        .send(node, body, None, "JSONEachRow", query, Data::Empty)
+                        .await?;
                     let response = check_status(response).await?;
                     response.bytes().await.map_err(EngineError::from_http)
                 }
@@ -502,12 +593,18 @@ impl Endpoint {
     ) -> Result<ResultStream, EngineError> {
         let sql = query.sql;
         let (node, response) = self
-            .on_any(|node| {
-                let request = self.request(node, sql, Some(query_id), query.format.as_str(), query);
-                async move {
-                    let response = request.send().await.map_err(EngineError::from_http)?;
-                    check_status(response).await
-                }
+            .on_any(|node| async move {
+                let response = self
+                    .send(
+                        node,
+                        sql,
+                        Some(query_id),
+                        query.format.as_str(),
+                        query,
+                        Data::Full,
+                    )
+                    .await?;
+                check_status(response).await
             })
             .await
             .map_err(|e| query.redact_error(e))?;
@@ -530,12 +627,63 @@ impl Endpoint {
         })
     }
 
-    /// The URL-encoded request for one query: reserved parameters, the tier's settings
-    /// with the client's on top, query parameters, and `readonly` last.
-    fn request(
+    /// Sends one query: in the body, or, with an external table, in the URL beside the
+    /// table's multipart body (whose data is opened here, once per request, or sent
+    /// empty for a DESCRIBE).
+    async fn send(
         &self,
         node: &Node,
         sql: &str,
+        query_id: Option<&str>,
+        format: &str,
+        query: Query<'_>,
+        data: Data,
+    ) -> Result<reqwest::Response, EngineError> {
+        let request = self.request(node, query_id, format, query);
+        let request = match query.external {
+            None => request.body(sql.to_string()),
+            Some(external) => {
+                let boundary = format!("sluice-{}", uuid::Uuid::new_v4().simple());
+                let head = format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{0}\"; \
+                     filename=\"{0}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+                    external.name
+                );
+                let tail = format!("\r\n--{boundary}--\r\n");
+                // No rows is not a valid file in every format (Parquet), but is one in
+                // TabSeparated.
+                let (rows, data_format) = match data {
+                    Data::Full => ((external.open)().await?, external.format),
+                    Data::Empty => (futures::stream::empty().boxed(), Format::TabSeparated),
+                };
+                let body =
+                    futures::stream::once(
+                        async move { Ok::<_, std::io::Error>(Bytes::from(head)) },
+                    )
+                    .chain(rows)
+                    .chain(futures::stream::once(async move { Ok(Bytes::from(tail)) }));
+                request
+                    .query(&[
+                        ("query", sql),
+                        (&format!("{}_structure", external.name), external.structure),
+                        (&format!("{}_format", external.name), data_format.as_str()),
+                    ])
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(reqwest::Body::wrap_stream(body))
+            }
+        };
+        request.send().await.map_err(EngineError::from_http)
+    }
+
+    /// The URL-encoded request for one query, without its body: reserved parameters,
+    /// the tier's settings with the client's on top, query parameters, and `readonly`
+    /// last.
+    fn request(
+        &self,
+        node: &Node,
         query_id: Option<&str>,
         format: &str,
         query: Query<'_>,
@@ -576,7 +724,6 @@ impl Endpoint {
             .post(&node.url)
             .query(&params)
             .basic_auth(&self.user, Some(&self.password))
-            .body(sql.to_string())
     }
 
     /// What the tier's user may do that a tenant's SQL must not: each probe is a
@@ -622,6 +769,7 @@ impl Endpoint {
             parameters: &empty,
             inline_parameters: false,
             quota_key: None,
+            external: None,
         };
         // The user must be able to run something at all with the tier's settings.
         self.run_as_tier_user(plain("SELECT 1")).await?;
@@ -642,13 +790,19 @@ impl Endpoint {
     /// Runs `query` as the tier's user and reads the answer whole (small answers only).
     async fn run_as_tier_user(&self, query: Query<'_>) -> Result<(), EngineError> {
         let (_, body) = self
-            .on_any(|node| {
-                let request = self.request(node, query.sql, None, query.format.as_str(), query);
-                async move {
-                    let response = request.send().await.map_err(EngineError::from_http)?;
-                    let response = check_status(response).await?;
-                    response.bytes().await.map_err(EngineError::from_http)
-                }
+            .on_any(|node| async move {
+                let response = self
+                    .send(
+                        node,
+                        query.sql,
+                        None,
+                        query.format.as_str(),
+                        query,
+                        Data::Full,
+                    )
+                    .await?;
+                let response = check_status(response).await?;
+                response.bytes().await.map_err(EngineError::from_http)
             })
             .await?;
         match Tail::from_bytes(body).exception(None) {
@@ -968,6 +1122,7 @@ mod tests {
             parameters: &params,
             inline_parameters: false,
             quota_key: None,
+            external: None,
         };
         let m = q.redact("Value hunter2secret cannot be parsed as UInt8");
         assert_eq!(m, "Value [redacted] cannot be parsed as UInt8");
@@ -1001,8 +1156,39 @@ mod tests {
         let info = ServerInfo {
             version: v,
             formats: Arc::new(["CSV".to_string()].into_iter().collect()),
+            inputs: Arc::new(["TSV".to_string()].into_iter().collect()),
         };
         assert!(info.check_format(Format::CSV).is_ok());
         assert!(info.check_format(Format::Parquet).is_err());
+        assert!(info.check_input_format(Format::CSV).is_err());
+    }
+
+    #[test]
+    fn external_structures_quote_names_or_refuse_what_old_servers_split() {
+        let columns = [
+            Column {
+                name: "a b".into(),
+                type_: "Decimal(9, 2)".into(),
+            },
+            Column {
+                name: "x`y".into(),
+                type_: "String".into(),
+            },
+        ];
+        let new = ServerVersion::parse("26.9").unwrap();
+        assert_eq!(
+            external_structure(&columns, new).unwrap(),
+            "`a b` Decimal(9, 2), `x\\`y` String"
+        );
+        let old = ServerVersion::parse("18.16").unwrap();
+        assert!(external_structure(&columns[..1], old).is_err());
+        let plain = [Column {
+            name: "n".into(),
+            type_: "Nullable(UInt64)".into(),
+        }];
+        assert_eq!(
+            external_structure(&plain, old).unwrap(),
+            "n Nullable(UInt64)"
+        );
     }
 }

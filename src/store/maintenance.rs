@@ -84,7 +84,7 @@ pub struct Expired {
 
 impl Store {
     /// Marks up to `batch` executions of `tier` that finished with `status` more than
-    /// `older_than` ago as EXPIRED. The caller deletes their objects; if it dies first,
+    /// `older_than` ago (or their own shorter `retention_ms` ago) as EXPIRED. The caller deletes their objects; if it dies first,
     /// orphan collection does.
     pub async fn expire(
         &self,
@@ -97,9 +97,16 @@ impl Store {
             "UPDATE executions e SET status = 'EXPIRED' \
              FROM ( \
                  SELECT id FROM executions \
-                 WHERE tier = $1 AND status = $2 \
-                   AND finished_at < now() - $3 * interval '1 millisecond' \
-                 ORDER BY finished_at \
+                 WHERE id IN ( \
+                     (SELECT id FROM executions \
+                      WHERE tier = $1 AND status = $2 \
+                        AND finished_at < now() - $3 * interval '1 millisecond' \
+                      ORDER BY finished_at LIMIT $4) \
+                     UNION ALL \
+                     (SELECT id FROM executions \
+                      WHERE tier = $1 AND status = $2 AND retention_ms IS NOT NULL \
+                        AND finished_at < now() - retention_ms * interval '1 millisecond' \
+                      ORDER BY finished_at LIMIT $4)) \
                  LIMIT $4 \
                  FOR UPDATE SKIP LOCKED) old \
              WHERE e.id = old.id \

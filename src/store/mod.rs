@@ -6,6 +6,7 @@
 //! - [`queue`]: the worker's side: claim, heartbeat, complete, fail, cancel, hand back.
 //!   Every write after a claim is fenced by `(id, attempt, worker_id)` and
 //!   `status = 'RUNNING'`, so a worker that lost its lease updates zero rows.
+//! - [`groups`]: executions created together under a concurrency limit.
 //! - [`read`]: get and list for the API.
 //! - [`maintenance`]: the bookkeeper's passes (reclaim, expire, purge, orphans).
 //! - [`leader`]: which bookkeeper acts.
@@ -16,6 +17,7 @@
 //! (which tier, how many attempts): callers pass those in.
 
 pub mod bench;
+pub mod groups;
 pub mod leader;
 pub mod maintenance;
 pub mod notify;

@@ -16,6 +16,9 @@
 //!   configured (`capped`), claims of one tier hold a transaction-scoped advisory lock,
 //!   so two workers cannot both see room under a cap and exceed it together; without
 //!   caps the claim is one statement and workers never wait for each other.
+//! - **Scheduled and held rows wait**: a row is runnable once `run_after` has passed
+//!   (a client's `run_after`, or a retry's backoff) and unless it is a held group member
+//!   (see `groups`: a trigger releases one as a member of its group ends).
 //! - **Every later write is fenced** by [`Fence`]: `id`, `attempt`, `worker_id` and
 //!   `status = 'RUNNING'`. A worker whose lease was reclaimed, or whose execution was
 //!   canceled or superseded, updates zero rows and learns that it must stop.
@@ -122,7 +125,7 @@ const CLAIM: &str = "WITH RECURSIVE tenants(tenant) AS ( \
                             row_number() OVER (ORDER BY e.priority DESC, e.id) AS rank \
                      FROM executions e \
                      WHERE e.status = 'PENDING' AND e.tier = $1 AND e.tenant = l.tenant \
-                       AND e.run_after <= now() \
+                       AND e.run_after <= now() AND NOT e.held \
                      ORDER BY e.priority DESC, e.id \
                      LIMIT least({limit}, greatest(1, 2 * (coalesce(level.m, 0) - l.running)))) c \
                  WHERE c.max_running IS NULL OR l.running + c.rank <= c.max_running), \

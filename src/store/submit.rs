@@ -46,20 +46,26 @@ impl Conn<'_> {
 }
 
 /// The INSERT of a new execution; [`bind_new`] binds its parameters.
-macro_rules! insert {
+macro_rules! insert_execution {
     () => {
         "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, sql, \
-         format, settings, priority, max_attempts, parameters, quota_key, max_running, task) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+         format, settings, priority, max_attempts, parameters, quota_key, max_running, task, \
+         run_after, retention_ms, from_result, group_id, held) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 coalesce($16, now()), $17, $18, $19, $20)"
     };
 }
+
+/// A plain INSERT of a new execution (a group member: no collapse, no supersede);
+/// [`bind_member`] binds it.
+pub(super) const INSERT_RETURNING: &str = concat!(insert_execution!(), " RETURNING *");
 
 /// The INSERT of a new execution that collapses into an identical in-flight one
 /// (`inserted` says which happened); no row when the in-flight one differs.
 macro_rules! insert_or_collapse {
     () => {
         concat!(
-            insert!(),
+            insert_execution!(),
             " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
              DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
                  WHERE executions.query_hash = EXCLUDED.query_hash \
@@ -109,6 +115,12 @@ pub struct NewExecution {
     pub max_queued: Option<i64>,
     /// The saved report it runs, if submitted as one.
     pub task: Option<String>,
+    /// Not started before this (now when absent).
+    pub run_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Retention of its result, when shorter than the tier's.
+    pub retention_ms: Option<i64>,
+    /// The execution whose stored result it queries.
+    pub from_result: Option<Uuid>,
 }
 
 #[derive(Debug)]
@@ -162,7 +174,7 @@ impl Store {
                     "WITH ins AS (",
                     insert_or_collapse!(),
                     ") SELECT ins.*, CASE WHEN ins.inserted \
-                         THEN pg_notify($16, ins.tier) IS NULL END AS notified FROM ins"
+                         THEN pg_notify($21, ins.tier) IS NULL END AS notified FROM ins"
                 );
                 bind_new(sqlx::query(sql), id, new).bind(Channel::Work.name())
             } else {
@@ -268,9 +280,13 @@ async fn supersede(
     let Some((old_id, old_status)) = old else {
         return Ok(None);
     };
-    let inserted = bind_new(sqlx::query(concat!(insert!(), " RETURNING *")), id, new)
-        .fetch_one(&mut *tx)
-        .await;
+    let inserted = bind_new(
+        sqlx::query(concat!(insert_execution!(), " RETURNING *")),
+        id,
+        new,
+    )
+    .fetch_one(&mut *tx)
+    .await;
     let execution = match inserted {
         Ok(row) => Execution::from_row(&row)?,
         Err(e) if is_unique_violation(&e) => return Ok(None),
@@ -286,11 +302,23 @@ async fn supersede(
     )))
 }
 
-/// Binds `$1..$15` of `insert!()` for `new` with id `id`.
+/// Binds `$1..$20` of `insert_execution!()` for `new` with id `id`, outside any group.
 fn bind_new<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     id: Uuid,
     new: &'q NewExecution,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    bind_member(query, id, new, None, false)
+}
+
+/// Binds `$1..$20` of `insert_execution!()` for `new` with id `id`, a member of `group` (`held`
+/// when it must wait for a place).
+pub(super) fn bind_member<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    id: Uuid,
+    new: &'q NewExecution,
+    group: Option<Uuid>,
+    held: bool,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     query
         .bind(id)
@@ -312,4 +340,9 @@ fn bind_new<'q>(
         .bind(&new.quota_key)
         .bind(new.max_running)
         .bind(&new.task)
+        .bind(new.run_after)
+        .bind(new.retention_ms)
+        .bind(new.from_result)
+        .bind(group)
+        .bind(held)
 }

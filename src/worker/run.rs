@@ -25,8 +25,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::Worker;
 use super::rows::RowCounter;
-use crate::clickhouse::{EngineError, HeaderReader, Query};
-use crate::execution::{Column, ErrorCode, ErrorInfo, Execution, Progress, ResultMeta};
+use futures::{FutureExt, StreamExt};
+
+use crate::clickhouse::{EngineError, External, HeaderReader, Query};
+use crate::execution::{Column, ErrorCode, ErrorInfo, Execution, Format, Progress, ResultMeta};
 use crate::metrics::step;
 use crate::results::{ResultWriter, ResultsError};
 use crate::sql;
@@ -352,6 +354,35 @@ impl Worker {
         } else {
             body
         };
+        // A follow-up query reads another execution's stored result as the table
+        // `result`, streamed from the result store to ClickHouse.
+        let source = match execution.from_result {
+            Some(id) => Some(self.source(execution, id, &server).await?),
+            None => None,
+        };
+        let open = |key: String| {
+            let results = self.results.clone();
+            move || {
+                let (results, key) = (results.clone(), key.clone());
+                async move {
+                    let stream = results.read(&key, None).await.map_err(|e| {
+                        EngineError::Transport(format!("cannot read the stored result: {e}"))
+                    })?;
+                    Ok(stream.map(|r| r.map_err(std::io::Error::other)).boxed())
+                }
+                .boxed()
+            }
+        };
+        let opener = source.as_ref().map(|s| open(s.key.clone()));
+        let external = match (&source, &opener) {
+            (Some(s), Some(open)) => Some(External {
+                name: "result",
+                structure: &s.structure,
+                format: s.format,
+                open,
+            }),
+            _ => None,
+        };
         let query = Query {
             sql: sql_text,
             format,
@@ -359,6 +390,7 @@ impl Worker {
             parameters,
             inline_parameters: inline,
             quota_key: execution.quota_key.as_deref(),
+            external: external.as_ref(),
         };
 
         // Column metadata never fails an execution. None for statements without rows
@@ -605,6 +637,66 @@ fn inline_parameters(
     Ok(sql::render(sql, &placeholders, |p| {
         literals[&p.name].clone()
     }))
+}
+
+/// The stored result a follow-up query reads.
+struct Source {
+    key: String,
+    format: Format,
+    structure: String,
+}
+
+impl Worker {
+    /// The stored result of execution `id` (the same tenant's, SUCCEEDED, with its
+    /// object still there), as this tier's server can read it.
+    async fn source(
+        &self,
+        execution: &Execution,
+        id: uuid::Uuid,
+        server: &crate::clickhouse::ServerInfo,
+    ) -> Result<Source, Failure> {
+        let gone = |why: String| Failure {
+            transient: false,
+            error: ErrorInfo::new(ErrorCode::ResultUnavailable, why),
+        };
+        let row = self
+            .store
+            .get(id, Some(&execution.tenant))
+            .await
+            .map_err(|e| Failure {
+                transient: true,
+                error: ErrorInfo::new(
+                    ErrorCode::StorageError,
+                    format!("cannot look up execution {id}: {e}"),
+                ),
+            })?;
+        let meta = match row {
+            Some(e) if e.status == crate::execution::Status::Succeeded => e.result.map(|r| r.0),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            gone(format!(
+                "the result of execution {id} is no longer available"
+            ))
+        })?;
+        let columns = meta
+            .columns
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| gone(format!("the result of execution {id} has no known columns")))?;
+        server.check_input_format(meta.format)?;
+        let structure = crate::clickhouse::external_structure(&columns, server.version)
+            .map_err(|why| Failure::from(EngineError::Unsupported(why)))?;
+        if let Err(e) = self.results.size(&meta.object_key).await {
+            return Err(gone(format!(
+                "the result of execution {id} is no longer available: {e}"
+            )));
+        }
+        Ok(Source {
+            key: meta.object_key,
+            format: meta.format,
+            structure,
+        })
+    }
 }
 
 fn engine_error(e: EngineError) -> ErrorInfo {
