@@ -10,12 +10,13 @@ CARGO ?= cargo
 # Integration tests share two cores with both ClickHouse servers: keep parallelism sane.
 TEST_THREADS ?= 4
 
-.PHONY: run test services services-test toolchain db build bench api.yaml lint clean
+.PHONY: contract run test services services-test toolchain db build bench api.yaml lint clean
 
 toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install a toolchain >= 1.94 (rustup) first" >&2; exit 1; }
 	@command -v cc >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc >/dev/null; }
 	@command -v curl >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl ca-certificates >/dev/null; }
+	@command -v tmux >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null; }
 
 services: toolchain
 	scripts/services.sh postgres ch26
@@ -43,6 +44,13 @@ test: services-test
 	SLUICE_TEST_CLICKHOUSE_URL=http://127.0.0.1:8125 $(CARGO) test -- --test-threads=$(TEST_THREADS)
 	@echo "=== integration suite against ClickHouse 18.16 (Debian, port 8123) ==="
 	SLUICE_TEST_CLICKHOUSE_URL=http://127.0.0.1:8123 $(CARGO) test --tests -- --test-threads=$(TEST_THREADS)
+	@echo "=== the API contract: a generated Python client and schemathesis against a live server ==="
+	$(MAKE) contract
+
+# api.yaml as client developers meet it (scripts/contract.sh).
+contract: services-test
+	$(CARGO) build
+	scripts/contract.sh
 
 # Figures for the issue notes: pickup latency, closed loop, backlog drain against the
 # ClickHouse ceiling with a per-step breakdown, streaming ratio, worker RSS, claim latency.

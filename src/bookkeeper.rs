@@ -12,13 +12,18 @@
 //!    or to CANCELED if a cancel was requested; then the lost attempt's query is killed
 //!    on ClickHouse (`KILL QUERY WHERE query_id = '<id>-<attempt>'`). The retry runs under
 //!    a new query_id, so even a late KILL never hits it.
-//! 2. *Expire*: finished executions past their tier's retention for their status become
+//! 2. *Deadlines*: PENDING executions past their `start_deadline` FAIL with
+//!    NOT_STARTED_IN_TIME; RUNNING ones a lease past their `timeout` (their worker
+//!    should have stopped them) FAIL with TIMEOUT, and their query is killed.
+//! 3. *Expire*: finished executions past their tier's retention for their status become
 //!    EXPIRED and their result object is deleted (metadata stays; the result endpoint
 //!    answers 410).
-//! 3. *Purge*: EXPIRED rows older than `retention.purge_after` are deleted, then
+//! 4. *Purge*: EXPIRED rows older than `retention.purge_after` are deleted, then
 //!    groups left without members. An execution with a `retention` of its own expires
 //!    after it, when that is shorter than the tier's for its status.
-//! 4. *Orphans* (every `bookkeeper.orphan_scan_interval`): result objects older than
+//! 5. *Webhooks*: completion webhooks that are due are sent (see `store::webhooks`),
+//!    at least once, with backoff until `webhooks.retry_for`.
+//! 6. *Orphans* (every `bookkeeper.orphan_scan_interval`): result objects older than
 //!    `bookkeeper.orphan_grace` that no SUCCEEDED execution points at (a worker died
 //!    between upload and commit, or expiry died between its two steps) are deleted.
 //!
@@ -52,6 +57,10 @@ pub enum BookkeeperError {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PassReport {
     pub reclaimed: usize,
+    /// Failed for a time limit (TIMEOUT, NOT_STARTED_IN_TIME).
+    pub overdue: usize,
+    /// Webhook deliveries attempted.
+    pub webhooks: usize,
     pub expired: usize,
     pub purged: u64,
     pub orphans_deleted: usize,
@@ -63,6 +72,8 @@ pub struct Bookkeeper {
     store: Store,
     results: ResultStore,
     engines: HashMap<String, Endpoint>,
+    /// Sends completion webhooks.
+    http: reqwest::Client,
 }
 
 impl Bookkeeper {
@@ -77,6 +88,11 @@ impl Bookkeeper {
             .map(|(name, tier)| Ok((name.clone(), Endpoint::new(tier)?)))
             .collect::<Result<_, EngineError>>()?;
         Ok(Bookkeeper {
+            http: reqwest::Client::builder()
+                .timeout(config.webhooks.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| EngineError::Protocol(e.to_string()))?,
             name: crate::instance_id("bookkeeper"),
             config: config.clone(),
             store,
@@ -148,10 +164,15 @@ impl Bookkeeper {
 
     /// One pass of every loop; `orphans` includes the orphan scan.
     pub async fn pass(&self, orphans: bool) -> Result<PassReport, BookkeeperError> {
+        // Deadlines first: a run past its timeout whose worker is gone fails with
+        // TIMEOUT rather than running again.
+        let overdue = self.deadline_pass().await?;
         let mut report = PassReport {
+            overdue,
             reclaimed: self.reclaim_pass().await?,
             ..Default::default()
         };
+        report.webhooks = self.webhook_pass().await?;
         let (expired, purged) = self.expire_pass().await?;
         report.expired = expired;
         report.purged = purged;
@@ -159,6 +180,88 @@ impl Bookkeeper {
             report.orphans_deleted = self.orphan_pass().await?;
         }
         Ok(report)
+    }
+
+    /// Sends the completion webhooks that are due (see `store::webhooks`): the
+    /// execution as `GET /v1/executions/{id}` shows it, signed; a 2xx answer delivers
+    /// it, anything else is tried again with backoff until `webhooks.retry_for`.
+    pub async fn webhook_pass(&self) -> Result<usize, StoreError> {
+        let hooks = &self.config.webhooks;
+        let due = self
+            .store
+            .take_due(self.config.bookkeeper.batch_size, hooks.timeout * 2)
+            .await?;
+        let sends = due.iter().map(|d| self.deliver(d));
+        for (d, (attempt, outcome)) in due.iter().zip(futures::future::join_all(sends).await) {
+            self.store
+                .record_delivery(d.execution_id, &attempt, outcome)
+                .await?;
+        }
+        Ok(due.len())
+    }
+
+    /// One attempt to deliver `d`, and what follows from it.
+    async fn deliver(
+        &self,
+        d: &crate::store::webhooks::Due,
+    ) -> (
+        crate::store::webhooks::DeliveryAttempt,
+        crate::store::webhooks::DeliveryOutcome,
+    ) {
+        use crate::store::webhooks::{DeliveryAttempt, DeliveryOutcome};
+        let hooks = &self.config.webhooks;
+        let at = chrono::Utc::now();
+        let sent = async {
+            let execution = self
+                .store
+                .get(d.execution_id, None)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the execution is gone")?;
+            let body = serde_json::to_vec(&crate::api::model::ExecutionView::from(execution))
+                .map_err(|e| e.to_string())?;
+            let timestamp = at.timestamp().to_string();
+            let mut signed = timestamp.clone().into_bytes();
+            signed.push(b'.');
+            signed.extend_from_slice(&body);
+            let secret = hooks.secret.as_deref().unwrap_or_default();
+            let signature = crate::auth::hmac_hex(secret.as_bytes(), &signed);
+            self.http
+                .post(&d.url)
+                .header("content-type", "application/json")
+                .header("x-sluice-delivery", d.execution_id.to_string())
+                .header("x-sluice-timestamp", timestamp)
+                .header("x-sluice-signature", format!("sha256={signature}"))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let (status, error) = match sent {
+            Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
+            Ok(r) => (
+                Some(r.status().as_u16()),
+                Some(format!("answered {}", r.status())),
+            ),
+            Err(e) => (None, Some(e)),
+        };
+        let outcome = if error.is_none() {
+            DeliveryOutcome::Delivered
+        } else if at - d.created_at
+            >= chrono::Duration::from_std(hooks.retry_for).unwrap_or(chrono::Duration::MAX)
+        {
+            warn!(execution_id = %d.execution_id, url = %d.url, "webhook given up");
+            DeliveryOutcome::GiveUp
+        } else {
+            // This attempt was try `tries + 1`.
+            DeliveryOutcome::Retry(crate::outage::Backoff::after(
+                hooks.backoff,
+                hooks.backoff_max,
+                i64::from(d.tries) + 1,
+            ))
+        };
+        (DeliveryAttempt { at, status, error }, outcome)
     }
 
     /// Reclaims expired leases in batches until none are left.
@@ -189,6 +292,41 @@ impl Bookkeeper {
             }
             total += batch.len();
             if (batch.len() as i64) < bk.batch_size {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Fails executions past a time limit: PENDING ones past their `start_deadline`
+    /// (NOT_STARTED_IN_TIME), and RUNNING ones a lease longer than their `timeout`
+    /// (TIMEOUT; their worker, which stops them at the timeout itself, is hung or
+    /// gone), whose queries it kills.
+    pub async fn deadline_pass(&self) -> Result<usize, StoreError> {
+        let batch = self.config.bookkeeper.batch_size;
+        let mut total = 0;
+        loop {
+            let late = self.store.fail_not_started(batch).await?;
+            total += late.len();
+            if (late.len() as i64) < batch {
+                break;
+            }
+        }
+        loop {
+            let late = self
+                .store
+                .fail_timed_out(self.config.worker.lease, batch)
+                .await?;
+            for r in &late {
+                warn!(execution_id = %r.id, tier = %r.tier, attempt = r.attempt, "failed an execution past its timeout");
+                let query_id = clickhouse_query_id(r.id, r.attempt);
+                if let Some(engine) = self.engines.get(&r.tier)
+                    && let Err(e) = engine.kill(&query_id).await
+                {
+                    warn!(execution_id = %r.id, query_id, error = %e, "KILL of the timed-out query failed");
+                }
+            }
+            total += late.len();
+            if (late.len() as i64) < batch {
                 return Ok(total);
             }
         }

@@ -64,6 +64,58 @@ pub struct Config {
     /// Saved reports (see `tasks`).
     #[serde(default)]
     pub tasks: TasksConfig,
+    /// Completion webhooks (`callback_url` on submit; see `bookkeeper`).
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Where callbacks may go: `scheme://host[:port]` prefixes (e.g.
+    /// `"https://hooks.example.com"`). Empty (the default): `callback_url` is refused.
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// Key of the `X-Sluice-Signature` HMAC-SHA256; required when `allowed` is set.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// How long a delivery is retried before it is given up.
+    #[serde(default = "default_webhook_retry_for", with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// First retry delay; doubles per attempt up to `backoff_max`.
+    #[serde(default = "default_webhook_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(default = "default_webhook_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Longest wait for a receiver's answer.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allowed: Vec::new(),
+            secret: None,
+            retry_for: default_webhook_retry_for(),
+            backoff: default_webhook_backoff(),
+            backoff_max: default_webhook_backoff_max(),
+            timeout: default_webhook_timeout(),
+        }
+    }
+}
+
+fn default_webhook_retry_for() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_webhook_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_webhook_backoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,6 +149,15 @@ pub struct ApiConfig {
     /// Longest long poll (`?wait=N` seconds on get and submit) a client may ask for.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
+    /// Longest life of one event stream (`/v1/executions/{id}/events`): then the server
+    /// closes it and the client resumes with `Last-Event-ID`, as EventSource does. Keeps
+    /// connections shorter than the proxies' idle limits and frees them at a bound.
+    #[serde(default = "default_event_stream", with = "humantime_serde")]
+    pub event_stream: Duration,
+    /// Largest result returned inside an execution's answer with `?inline=true`; larger
+    /// ones are downloaded.
+    #[serde(default = "default_inline_max_bytes")]
+    pub inline_max_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -108,6 +169,8 @@ impl Default for ApiConfig {
             public_url: None,
             retry_after: default_retry_after(),
             max_wait: default_max_wait(),
+            event_stream: default_event_stream(),
+            inline_max_bytes: default_inline_max_bytes(),
         }
     }
 }
@@ -407,6 +470,9 @@ pub struct TierConfig {
     /// Runs of one execution before it is failed for good.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: i32,
+    /// Longest `timeout` (and `start_within`) a submission may ask for on this tier.
+    #[serde(default = "default_max_timeout", with = "humantime_serde")]
+    pub max_timeout: Duration,
     #[serde(default)]
     pub retention: Retention,
 }
@@ -549,6 +615,12 @@ fn default_client_settings() -> Vec<String> {
 fn default_retry_after() -> Duration {
     Duration::from_secs(5)
 }
+fn default_inline_max_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_event_stream() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_max_wait() -> Duration {
     Duration::from_secs(60)
 }
@@ -600,6 +672,10 @@ fn default_concurrency() -> usize {
 }
 fn default_max_attempts() -> i32 {
     3
+}
+
+fn default_max_timeout() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// Keys of [`Config`]; `SLUICE_<KEY>` environment variables override them.
@@ -672,6 +748,25 @@ impl Config {
         }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be positive"));
+        }
+        if !self.webhooks.allowed.is_empty()
+            && self.webhooks.secret.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "webhooks.secret",
+                "must be set when webhooks.allowed is (receivers check the signature)",
+            ));
+        }
+        for prefix in &self.webhooks.allowed {
+            if !(prefix.starts_with("http://") || prefix.starts_with("https://")) {
+                return Err(invalid(
+                    "webhooks.allowed",
+                    "entries are http:// or https:// URL prefixes such as \"https://hooks.example.com\"",
+                ));
+            }
+        }
+        if self.api.event_stream.is_zero() {
+            return Err(invalid("api.event_stream", "must be positive"));
         }
         if self.api.max_page_size == 0 {
             return Err(invalid("api.max_page_size", "must be positive"));

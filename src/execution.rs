@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELED
-//! PENDING -> CANCELED
+//! PENDING -> CANCELED | FAILED           (FAILED: not started within its start_within)
 //! RUNNING -> PENDING                       (lost or stopped worker: run again)
 //! SUCCEEDED | FAILED | CANCELED -> EXPIRED (result retention passed)
 //! ```
@@ -72,6 +72,7 @@ impl Status {
             (self, next),
             (Pending, Running)
                 | (Pending, Canceled)
+                | (Pending, Failed)
                 | (Running, Succeeded)
                 | (Running, Failed)
                 | (Running, Canceled)
@@ -214,6 +215,17 @@ impl Format {
             Format::Arrow => "Arrow",
             Format::ArrowStream => "ArrowStream",
         }
+    }
+
+    /// Whether its bytes are text, so a result can travel inside a JSON answer
+    /// (`?inline=true`).
+    pub fn is_text(self) -> bool {
+        let t = self.content_type();
+        t.starts_with("text/")
+            || matches!(
+                t,
+                "application/json" | "application/x-ndjson" | "application/xml"
+            )
     }
 
     /// Case-insensitive, and accepts ClickHouse's aliases (`TSV...`, `JSONLines`,
@@ -425,6 +437,13 @@ pub enum ErrorCode {
     WorkerLost,
     /// The stored result a follow-up query reads is gone (expired or deleted).
     ResultUnavailable,
+    /// A run took longer than the execution's `timeout`; its query was killed.
+    Timeout,
+    /// No worker claimed it within its `start_within`.
+    NotStartedInTime,
+    /// A job lost part-way after a statement that wrote: running it again could do
+    /// that work twice.
+    NotSafeToRepeat,
     /// The ClickHouse server restarted while running it (it may have crashed on it).
     ServerCrashed,
 }
@@ -442,6 +461,9 @@ impl ErrorCode {
             ErrorCode::Superseded => "SUPERSEDED",
             ErrorCode::WorkerLost => "WORKER_LOST",
             ErrorCode::ResultUnavailable => "RESULT_UNAVAILABLE",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::NotStartedInTime => "NOT_STARTED_IN_TIME",
+            ErrorCode::NotSafeToRepeat => "NOT_SAFE_TO_REPEAT",
             ErrorCode::ServerCrashed => "SERVER_CRASHED",
         }
     }
@@ -504,6 +526,24 @@ pub struct ResultMeta {
     /// could not be learned (see `worker::run`).
     #[serde(default)]
     pub columns: Option<Vec<Column>>,
+    /// For line formats: where rows start, for paging (`?row_offset=&row_limit=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_index: Option<RowIndex>,
+}
+
+/// Where rows start in a stored line-format result, every `stride` rows: `offsets[i]` is
+/// the byte where row `i * stride` starts (`offsets[0]`: the end of the header lines). A
+/// page of rows is one ranged read from the nearest entry (see `api::results`). At most
+/// [`RowIndex::MAX_ENTRIES`] entries: the stride doubles as the result grows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RowIndex {
+    pub stride: u64,
+    pub offsets: Vec<u64>,
+}
+
+impl RowIndex {
+    pub const MAX_ENTRIES: usize = 1024;
+    pub const FIRST_STRIDE: u64 = 1024;
 }
 
 /// Live statistics of a running query, from ClickHouse's `system.processes`.
@@ -561,6 +601,14 @@ pub struct Execution {
     pub retention_ms: Option<i64>,
     /// The execution whose stored result this one queries as the table `result`.
     pub from_result: Option<Uuid>,
+    /// Longest run of one attempt.
+    pub timeout_ms: Option<i64>,
+    /// Fails NOT_STARTED_IN_TIME if still PENDING then.
+    pub start_deadline: Option<DateTime<Utc>>,
+    /// The steps of a multi-statement job (see `job`); `sql` then lists its statements.
+    pub job: Option<sqlx::types::Json<crate::job::Job>>,
+    /// Where its end is POSTed (a completion webhook).
+    pub callback_url: Option<String>,
 }
 
 /// Query parameter values: secrets. Their `Debug` shows names only, so no log line or

@@ -8,16 +8,19 @@
 //! ```
 //!
 //! Find a behaviour by its name: [`api`], [`store`], [`worker`], [`bookkeeper`],
-//! [`clickhouse`], [`results`], [`execution`], [`config`]; [`roles`] wires them into the
-//! processes `sluice` runs; [`bench`] measures them.
+//! [`clickhouse`], [`results`], [`execution`], [`job`], [`config`]; [`roles`] wires them into the
+//! processes `sluice` runs; [`bench`] measures them; [`client`] is
+//! `sluice query`, a client of the API like any other.
 
 pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod bookkeeper;
 pub mod clickhouse;
+pub mod client;
 pub mod config;
 pub mod execution;
+pub mod job;
 pub mod metrics;
 pub mod outage;
 pub mod results;

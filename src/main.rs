@@ -63,6 +63,37 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
     },
+    /// Run SQL through a Sluice API (`SLUICE_URL`, `SLUICE_TOKEN`): submit, follow with a
+    /// progress bar on a terminal, write the result to stdout or a file. Ctrl-C and
+    /// `--timeout` cancel it on the server. Exit status: 0 succeeded, 1 failed, 124
+    /// timed out, 130 interrupted.
+    Query {
+        /// The SQL (one statement).
+        sql: String,
+        #[arg(long)]
+        tier: Option<String>,
+        /// Output format (ClickHouse's name); the server's default (JSONEachRow) when
+        /// absent.
+        #[arg(long)]
+        format: Option<String>,
+        /// A query parameter, `name=value`, for `{name:Type}` in the SQL (repeatable).
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Write the result here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Cancel and fail after this long (e.g. `5m`), waiting in the queue included.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print the execution id and exit without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List, inspect, cancel and download executions through the API.
+    Executions {
+        #[command(subcommand)]
+        action: ExecutionsCommand,
+    },
     /// Measure pickup latency, closed- and open-loop throughput against the ClickHouse
     /// ceiling, streaming overhead, worker memory and claim latency.
     Bench {
@@ -94,6 +125,112 @@ enum Command {
         #[arg(long, default_value = "JSONEachRow", value_parser = parse_format)]
         format: sluice::execution::Format,
     },
+}
+
+#[derive(Subcommand)]
+enum ExecutionsCommand {
+    /// Newest first, one per line: id, status, tier, created_at, query_id.
+    Ls {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// The execution as JSON.
+    Get { id: String },
+    /// Cancel it (a running query is killed on ClickHouse).
+    Cancel { id: String },
+    /// Its result, to stdout or a file.
+    Result {
+        id: String,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// A link that downloads the result without credentials.
+    Url {
+        id: String,
+        /// Validity in seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not name=value"))
+}
+
+/// `sluice query` and `sluice executions`: clients of the API, without configuration.
+fn run_client(command: Command) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let client = sluice::client::Client::from_env()?;
+        let print = |v: serde_json::Value| {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+        };
+        match command {
+            Command::Query {
+                sql,
+                tier,
+                format,
+                params,
+                output,
+                timeout,
+                no_wait,
+            } => {
+                let interrupt = CancellationToken::new();
+                let on_ctrl_c = interrupt.clone();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        on_ctrl_c.cancel();
+                    }
+                });
+                let opts = sluice::client::QueryOptions {
+                    sql,
+                    tier,
+                    format,
+                    params,
+                    output,
+                    timeout,
+                    no_wait,
+                };
+                let exit = sluice::client::query(&client, opts, interrupt).await?;
+                return Ok(exit as i32);
+            }
+            Command::Executions { action } => match action {
+                ExecutionsCommand::Ls { status, limit } => {
+                    let mut path = format!("/v1/executions?limit={limit}");
+                    if let Some(s) = status {
+                        path.push_str(&format!("&status={s}"));
+                    }
+                    let page = client.get_value(&path).await?;
+                    for e in page["executions"].as_array().into_iter().flatten() {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            e["id"].as_str().unwrap_or(""),
+                            e["status"].as_str().unwrap_or(""),
+                            e["tier"].as_str().unwrap_or(""),
+                            e["created_at"].as_str().unwrap_or(""),
+                            e["query_id"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                ExecutionsCommand::Get { id } => {
+                    print(client.get_value(&format!("/v1/executions/{id}")).await?)
+                }
+                ExecutionsCommand::Cancel { id } => print(client.cancel(&id).await?),
+                ExecutionsCommand::Result { id, output } => {
+                    client.download_to(&id, output.as_deref()).await?;
+                }
+                ExecutionsCommand::Url { id, expires_in } => {
+                    print(client.result_url(&id, expires_in).await?)
+                }
+            },
+            _ => {}
+        }
+        Ok(0)
+    })
 }
 
 fn parse_format(text: &str) -> Result<sluice::execution::Format, String> {
@@ -154,6 +291,13 @@ fn main() -> anyhow::Result<()> {
     if let Command::Keygen { who, admin } = &cli.command {
         print!("{}", keygen(who, *admin));
         return Ok(());
+    }
+    if matches!(
+        cli.command,
+        Command::Query { .. } | Command::Executions { .. }
+    ) {
+        let code = run_client(cli.command)?;
+        std::process::exit(code);
     }
     let path = cli.config.or_else(|| {
         let default = PathBuf::from("sluice.toml");
@@ -224,7 +368,11 @@ fn main() -> anyhow::Result<()> {
                 };
                 sluice::bench::run(&config, config_path.as_deref(), opts).await?
             }
-            Command::Openapi | Command::Keygen { .. } | Command::Token { .. } => {}
+            Command::Openapi
+            | Command::Keygen { .. }
+            | Command::Token { .. }
+            | Command::Query { .. }
+            | Command::Executions { .. } => {}
         }
         Ok(())
     })

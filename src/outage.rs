@@ -81,11 +81,29 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.min;
     }
+
+    /// The delay before try `n + 1` after `n` failed tries (n >= 1): `min * 2^(n-1)`,
+    /// at most `max`, without overflow however large `n` is. The retry of an execution
+    /// and of a webhook delivery.
+    pub fn after(min: Duration, max: Duration, n: i64) -> Duration {
+        let exp = u32::try_from(n.saturating_sub(1).clamp(0, 20)).unwrap_or(0);
+        min.saturating_mul(1 << exp).min(max)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_formula_doubles_from_the_first_retry_and_caps() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let got: Vec<u64> = [0, 1, 2, 3, 4, 6, 7, 30, i64::MAX]
+            .into_iter()
+            .map(|n| Backoff::after(min, max, n).as_secs())
+            .collect();
+        assert_eq!(got, [1, 1, 2, 4, 8, 32, 60, 60, 60]);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {

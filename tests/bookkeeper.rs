@@ -6,7 +6,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use sluice::bookkeeper::Bookkeeper;
 use sluice::execution::{ErrorCode, ErrorInfo};
@@ -49,7 +48,12 @@ async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool)
     // The dead worker wakes up: its fenced writes touch nothing.
     let stale = &fences[0];
     let error = ErrorInfo::new(ErrorCode::ClickhouseError, "stale");
-    assert!(!h.store.fail(stale, &error).await.unwrap());
+    assert!(
+        !h.store
+            .fail(stale, &error, &Default::default())
+            .await
+            .unwrap()
+    );
     assert!(!h.store.mark_canceled(stale).await.unwrap());
     assert!(!h.store.hand_back(stale).await.unwrap());
     assert_eq!(
@@ -109,27 +113,45 @@ async fn a_cancel_requested_while_the_worker_is_lost_ends_canceled(pool: PgPool)
 
 #[sqlx::test(migrations = "./migrations")]
 async fn reclaim_kills_the_orphaned_clickhouse_query(pool: PgPool) {
-    let h = Harness::start(pool).await;
-    let id = h
-        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
-        .await;
-    let query_id = h.wait_running_on_clickhouse(&id).await;
-    // Expire the lease as if the worker had died.
-    sqlx::query(
-        "UPDATE executions SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    // A worker died with its query still running on ClickHouse: the claim is the dead
+    // worker's and the query runs under the attempt's query_id, started here the way
+    // the worker starts it. No live worker runs, so nothing renews the lease between
+    // its expiry and the pass (a live worker's heartbeat did, and raced the test).
+    let h = Harness::without_workers(pool).await;
+    let id = h.submit_ok(json!({ "sql": LONG_SQL })).await;
+    let fences = claim_as_dead_worker(&h, Duration::from_millis(1)).await;
+    assert_eq!(fences.len(), 1);
+    let query_id = format!("{id}-{}", fences[0].attempt);
+    let orphan = tokio::spawn({
+        let query_id = query_id.clone();
+        async move {
+            // Ends when the query is killed (or after the 60 s cap if the test fails).
+            let _ = reqwest::Client::new()
+                .post(clickhouse_url())
+                .query(&[
+                    ("query_id", query_id.as_str()),
+                    ("max_execution_time", "60"),
+                    ("max_threads", "1"),
+                ])
+                .body(LONG_SQL)
+                .send()
+                .await;
+        }
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the orphan runs on ClickHouse",
+        || async { running_on_clickhouse(&query_id).await == 1 },
     )
-    .bind(Uuid::parse_str(&id).unwrap())
-    .execute(h.store.pool())
-    .await
-    .unwrap();
-    Bookkeeper::new(&h.config, h.store.clone(), h.results.clone())
-        .unwrap()
-        .reclaim_pass()
-        .await
-        .unwrap();
+    .await;
+
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    assert_eq!(bk.reclaim_pass().await.unwrap(), 1);
     assert_eq!(
         running_on_clickhouse(&query_id).await,
         0,
         "the orphan was killed"
     );
+    assert_eq!(h.get(&id).await["status"], "PENDING");
+    orphan.abort();
 }

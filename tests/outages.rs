@@ -290,3 +290,61 @@ async fn passes_work_in_bounded_batches(pool: PgPool) {
         "younger than orphan_grace (1h)"
     );
 }
+
+/// Each terminal status keeps its row for its own retention: with 1 h for SUCCEEDED,
+/// 30 min for CANCELED and 1 s for FAILED, aging the three executions together expires
+/// FAILED first, then CANCELED, then SUCCEEDED (whose object goes with it).
+#[sqlx::test(migrations = "./migrations")]
+async fn each_status_expires_after_its_own_retention(pool: PgPool) {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            tier_extra: "retention = { succeeded = \"1h\", failed = \"1s\", canceled = \"30m\" }"
+                .into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ok = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
+    let bad = h.submit_ok(json!({ "sql": "SELECT 1 +" })).await;
+    h.wait_for(&ok, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
+    h.wait_for(&bad, &["FAILED"], Duration::from_secs(30)).await;
+    let canceled = h
+        .submit_ok(json!({ "sql": "SELECT 2", "run_after": "2099-01-01T00:00:00Z" }))
+        .await;
+    h.cancel(&canceled).await;
+    let bk =
+        sluice::bookkeeper::Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    let statuses = || async {
+        let mut out = Vec::new();
+        for id in [&ok, &bad, &canceled] {
+            out.push(h.get(id).await["status"].as_str().unwrap().to_string());
+        }
+        out
+    };
+    let age = |minutes: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE executions SET finished_at = now() - $1 * interval '1 minute' \
+                 WHERE finished_at IS NOT NULL",
+            )
+            .bind(minutes)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    age(10).await;
+    bk.expire_pass().await.unwrap();
+    assert_eq!(statuses().await, ["SUCCEEDED", "EXPIRED", "CANCELED"]);
+    age(45).await;
+    bk.expire_pass().await.unwrap();
+    assert_eq!(statuses().await, ["SUCCEEDED", "EXPIRED", "EXPIRED"]);
+    assert_eq!(h.results.list_keys().await.unwrap().len(), 1);
+    age(90).await;
+    bk.expire_pass().await.unwrap();
+    assert_eq!(statuses().await, ["EXPIRED", "EXPIRED", "EXPIRED"]);
+    assert!(h.results.list_keys().await.unwrap().is_empty());
+}

@@ -547,3 +547,49 @@ async fn parameters_never_reach_responses_logs_or_the_finished_row(pool: PgPool)
             .join("\n")
     );
 }
+
+/// Dedup and supersede are per tenant, checked while A's execution is in flight (a
+/// finished one never collapses, so only this can fail): B's identical submit is B's
+/// own execution, and B's different SQL under A's query_id does not supersede A's.
+#[sqlx::test(migrations = "./migrations")]
+async fn dedup_and_supersede_never_cross_tenants(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            tiers: vec!["default", "vip"],
+            auth_extra: principals(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (a, b) = (h.as_principal(KEY_A), h.as_principal(KEY_B));
+    let sql = json!({"sql": "SELECT 42 AS answer", "query_id": "shared-name"});
+    let id_a = a.submit_ok(sql.clone()).await;
+    // A's own second submit collapses: the dedup is there.
+    let (status, v) = a.submit(sql.clone()).await;
+    assert_eq!(
+        (status, &v["outcome"]),
+        (StatusCode::OK, &json!("collapsed")),
+        "{v}"
+    );
+    // B's does not join A's.
+    let (status, v) = b.submit(sql.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["outcome"], "created", "{v}");
+    assert_ne!(v["execution"]["id"], id_a.as_str());
+    // B's other SQL under the same query_id supersedes B's own, never A's.
+    let (status, v) = b
+        .submit(json!({"sql": "SELECT 43 AS answer", "query_id": "shared-name"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["outcome"], "superseded", "{v}");
+    assert_ne!(v["superseded"], id_a.as_str());
+    let e = a.get(&id_a).await;
+    assert_eq!(e["status"], "PENDING", "A's execution is untouched: {e}");
+    assert!(e["superseded_by"].is_null(), "{e}");
+    assert_eq!(
+        e["collapsed_count"], 1,
+        "only A's own submit joined it: {e}"
+    );
+}

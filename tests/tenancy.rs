@@ -72,9 +72,11 @@ async fn a_tenant_arriving_behind_a_backlog_is_served_within_a_few_turns(pool: P
     .await
     .unwrap();
     println!("A's executions started before B's last one: {a_before}");
+    // The README says 12 (B's turns alternate with A's); 20 leaves slack for claims
+    // that take two at once on two busy cores.
     assert!(
-        a_before < 100,
-        "B's 10 must all start before A's 100th; {a_before} of A's started first"
+        a_before <= 20,
+        "B's 10 must all start before A's 21st; {a_before} of A's started first"
     );
 }
 

@@ -41,6 +41,9 @@ pub enum ApiError {
     RangeNotSatisfiable(u64),
     #[error("{0}")]
     Unavailable(String),
+    /// ClickHouse, asked on the client's behalf (a dry run), cannot be reached.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,6 +97,7 @@ impl ApiError {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "clickhouse_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

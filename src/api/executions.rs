@@ -9,22 +9,24 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::ApiContext;
 use super::auth::check_tier;
 use super::error::{ApiError, ErrorBody};
 use super::model::{
-    ExecutionPage, ExecutionView, GetParams, ListParams, SubmitOutcome, SubmitParams,
-    SubmitRequest, SubmitResponse,
+    ExecutionPage, ExecutionView, GetParams, JobItem, ListParams, SearchRequest, SearchResult,
+    SqlInput, SubmitAnswer, SubmitOutcome, SubmitParams, SubmitRequest, SubmitResponse,
 };
 use crate::auth::Principal;
 use crate::config::valid_setting_name;
 use crate::execution::{Format, Status, query_hash};
+use crate::job::{Job, Planned, Role};
 use crate::sql;
 use crate::store::queue::CancelOutcome;
 use crate::store::read::ListFilter;
-use crate::store::submit::{NewExecution, Submitted};
+use crate::store::submit::{NewExecution, Submitted as Stored};
 
 const DEFAULT_FORMAT: Format = Format::JSONEachRow;
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -38,7 +40,7 @@ const MAX_QUERY_ID_LEN: usize = 256;
 /// one request away.
 #[utoipa::path(
     post,
-    path = "/v1/executions",
+    path = "/v1/executions", operation_id = "submit_execution",
     tag = "executions",
     params(SubmitParams),
     request_body(
@@ -49,7 +51,8 @@ const MAX_QUERY_ID_LEN: usize = 256;
     ),
     responses(
         (status = 201, description = "Created and queued", body = SubmitResponse),
-        (status = 200, description = "Collapsed into an identical in-flight execution", body = SubmitResponse),
+        (status = 200, description = "Collapsed into an identical in-flight execution, or a recent result reused (`max_age`); with `dry_run=true`, a `DryRunResult`", body = SubmitAnswer),
+        (status = 502, description = "Dry run: the tier's ClickHouse cannot be reached", body = ErrorBody),
         (status = 400, description = "Invalid submission", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Tier not allowed for this principal", body = ErrorBody),
@@ -66,11 +69,12 @@ pub async fn submit(
     params: Result<Query<SubmitParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let body = body_bytes(&ctx, body)?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let wait = wait_duration(&ctx, params.wait)?;
+    let (dry_run, inline) = (params.dry_run, params.inline);
     let request = parse_submission(&headers, &body, params)?;
     if let Some(tier) = ad_hoc_forbidden(&ctx, &principal, request.tier.as_deref()) {
         return Err(ApiError::Forbidden {
@@ -82,24 +86,35 @@ pub async fn submit(
         });
     }
     let new = validate(&ctx, &principal, request, None)?;
-    if let Some(source) = new.from_result {
-        check_source(&ctx, &new.tenant, source).await?;
+    let source = match new.from_result {
+        Some(id) => Some(check_source(&ctx, &new.tenant, id).await?),
+        None => None,
+    };
+    if dry_run == Some(true) {
+        let checked = super::dry_run::check(&ctx, &new, source.as_ref()).await?;
+        return Ok((StatusCode::OK, Json(checked)).into_response());
     }
-    queue(&ctx, &principal, new, wait).await
+    Ok(queue(&ctx, &principal, new, wait, inline == Some(true))
+        .await?
+        .into_response())
 }
 
 /// A follow-up query needs a stored result of the same tenant with known columns: 404
 /// when there is none (or it is another tenant's), 409 until it has SUCCEEDED or when
 /// its columns are unknown, 410 once expired.
-pub(super) async fn check_source(ctx: &ApiContext, tenant: &str, id: Uuid) -> Result<(), ApiError> {
+pub(super) async fn check_source(
+    ctx: &ApiContext,
+    tenant: &str,
+    id: Uuid,
+) -> Result<crate::execution::ResultMeta, ApiError> {
     let Some(source) = ctx.store.get(id, Some(tenant)).await? else {
         return Err(ApiError::NotFound(format!(
             "no execution with id `{id}` to query (from_result)"
         )));
     };
-    match (source.status, source.result.as_ref()) {
+    match (source.status, source.result.map(|r| r.0)) {
         (Status::Succeeded, Some(meta)) if meta.columns.as_ref().is_some_and(|c| !c.is_empty()) => {
-            Ok(())
+            Ok(meta)
         }
         (Status::Succeeded, _) => Err(ApiError::Conflict {
             code: "result_not_queryable",
@@ -148,8 +163,15 @@ pub(super) fn body_bytes(
     })
 }
 
-/// A JSON body as `T`, or a 400 naming what is wrong with it.
+/// A JSON body as `T`, or a 400 naming what is wrong with it. The body must be an
+/// object: serde would also build a struct from an array of its fields.
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "malformed JSON body: expected a JSON object `{...}`",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         if message.starts_with("unknown field") {
@@ -169,12 +191,13 @@ pub(super) async fn queue(
     principal: &Principal,
     new: NewExecution,
     wait: Option<Duration>,
+    inline: bool,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let started = std::time::Instant::now();
     let submitted = ctx.store.submit(&new).await;
     crate::metrics::step("submit", started);
     let (status, outcome, superseded, execution) = match submitted? {
-        Submitted::QueueFull { cap } => {
+        Stored::QueueFull { cap } => {
             return Err(ApiError::TooManyRequests {
                 message: format!(
                     "tenant `{}` already has {cap} executions waiting on tier `{}`; \
@@ -184,9 +207,10 @@ pub(super) async fn queue(
                 retry_after: ctx.config.api.retry_after.as_secs().max(1),
             });
         }
-        Submitted::Created(e) => (StatusCode::CREATED, SubmitOutcome::Created, None, e),
-        Submitted::Collapsed(e) => (StatusCode::OK, SubmitOutcome::Collapsed, None, e),
-        Submitted::Superseded {
+        Stored::Created(e) => (StatusCode::CREATED, SubmitOutcome::Created, None, e),
+        Stored::Collapsed(e) => (StatusCode::OK, SubmitOutcome::Collapsed, None, e),
+        Stored::Reused(e) => (StatusCode::OK, SubmitOutcome::Reused, None, e),
+        Stored::Superseded {
             execution,
             superseded,
         } => (
@@ -218,12 +242,16 @@ pub(super) async fn queue(
             .unwrap_or(execution),
         _ => execution,
     };
+    let mut view = ExecutionView::from(execution.clone());
+    if inline {
+        super::results::inline(ctx, &execution, &mut view).await?;
+    }
     Ok((
         status,
         Json(SubmitResponse {
             outcome,
             superseded,
-            execution: execution.into(),
+            execution: view,
         }),
     ))
 }
@@ -245,7 +273,7 @@ fn parse_submission(
             let sql = std::str::from_utf8(body)
                 .map_err(|_| ApiError::bad_request("invalid_body", "the SQL is not valid UTF-8"))?;
             Ok(SubmitRequest {
-                sql: sql.to_string(),
+                sql: SqlInput::One(sql.to_string()),
                 tier: params.tier,
                 query_id: params.query_id,
                 format: params.format,
@@ -254,22 +282,37 @@ fn parse_submission(
             })
         }
         "application/json" | "" => {
-            if params.tier.is_some()
-                || params.query_id.is_some()
-                || params.format.is_some()
-                || params.priority.is_some()
-            {
-                return Err(ApiError::bad_request(
+            let mut r: SubmitRequest = parse_json(body)?;
+            // The query string's tier, query_id, format and priority (the text/plain
+            // way) apply to a JSON body too, unless the body says otherwise.
+            let conflict = |field: &str| {
+                ApiError::bad_request(
                     "invalid_query",
-                    "with a JSON body, put tier, query_id, format and priority in the body \
-                     (only `wait` goes in the query string)",
-                ));
-            }
-            parse_json(body)
+                    format!("`{field}` is given in the query string and, differently, in the body"),
+                )
+            };
+            merge(&mut r.tier, params.tier).map_err(|()| conflict("tier"))?;
+            merge(&mut r.query_id, params.query_id).map_err(|()| conflict("query_id"))?;
+            merge(&mut r.format, params.format).map_err(|()| conflict("format"))?;
+            merge(&mut r.priority, params.priority).map_err(|()| conflict("priority"))?;
+            Ok(r)
         }
         other => Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type `{other}` is not accepted: send application/json or text/plain SQL"
         ))),
+    }
+}
+
+/// `field` takes `from_query` when it has no value; `Err` when both have different ones.
+fn merge<T: PartialEq>(field: &mut Option<T>, from_query: Option<T>) -> Result<(), ()> {
+    match (field.as_ref(), from_query) {
+        (_, None) => Ok(()),
+        (None, q) => {
+            *field = q;
+            Ok(())
+        }
+        (Some(a), Some(b)) if *a == b => Ok(()),
+        _ => Err(()),
     }
 }
 
@@ -281,10 +324,10 @@ pub(super) fn validate(
     r: SubmitRequest,
     task: Option<&str>,
 ) -> Result<NewExecution, ApiError> {
-    no_nul("sql", "invalid_sql", &r.sql)?;
-    let statement = sql::analyze(&r.sql).map_err(statement_error)?;
+    let statements = statements(&r)?;
     let tier_name = r
         .tier
+        .clone()
         .or_else(|| principal.default_tier.clone())
         .unwrap_or_else(|| ctx.config.default_tier.clone());
     let Some(tier) = ctx.config.tier(&tier_name) else {
@@ -304,37 +347,26 @@ pub(super) fn validate(
         ));
     };
     check_tier(principal, &tier_name)?;
-    if r.sql.len() > tier.max_sql_bytes {
+    let sql_bytes: usize = statements.iter().map(|s| s.text.len()).sum();
+    if sql_bytes > tier.max_sql_bytes {
         return Err(ApiError::SqlTooLarge {
             limit: tier.max_sql_bytes,
             tier: tier_name,
         });
     }
-    if !tier.allowed_statements.contains(&statement.kind) {
-        return Err(ApiError::bad_request(
-            "statement_not_allowed",
-            format!(
-                "`{}` is a {} statement; tier `{tier_name}` runs {} statements only",
-                statement.keyword,
-                statement.kind,
-                tier.allowed_statements
-                    .iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ),
-        ));
+    for s in &statements {
+        check_statement(&tier_name, tier, &s.analyzed).map_err(|e| s.locate(e))?;
     }
-    if let Some(table) = statement.sensitive_table() {
-        return Err(ApiError::bad_request(
-            "table_not_allowed",
-            format!(
-                "`system.{table}` shows other users' queries, privileges or servers; \
-                 Sluice does not run statements that read it"
-            ),
-        ));
-    }
-    let format = output_format(r.format.as_deref(), &statement)?;
+    let (text, identity, job) = job_of(&r, &statements);
+    // A job's result is its last read statement's rows.
+    let result_statement = statements
+        .iter()
+        .filter(|s| s.role == Role::Statement)
+        .rfind(|s| s.analyzed.produces_rows() || statements.len() == 1);
+    let format = match result_statement {
+        Some(s) => output_format(r.format.as_deref(), &s.analyzed).map_err(|e| s.locate(e))?,
+        None => output_format_field(r.format.as_deref())?,
+    };
     let priority = r.priority.unwrap_or(0);
     if !(0..=9).contains(&priority) {
         return Err(ApiError::bad_request(
@@ -342,8 +374,9 @@ pub(super) fn validate(
             format!("priority must be between 0 and 9, got {priority}"),
         ));
     }
+    let policy = policy(&tier_name, tier, &r)?;
     let mut settings = BTreeMap::new();
-    for (name, value) in r.settings.unwrap_or_default() {
+    for (name, value) in r.settings.clone().unwrap_or_default() {
         let value = scalar(&value).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_setting",
@@ -358,14 +391,17 @@ pub(super) fn validate(
     }
     // The statement's own SETTINGS clause gets the same checks: it would otherwise
     // override the tier's limits (ClickHouse refuses it anyway under readonly = 1).
-    for (name, value) in &statement.settings {
-        check_setting(
-            &tier_name,
-            tier,
-            name,
-            value,
-            " (in the SQL's SETTINGS clause)",
-        )?;
+    for s in &statements {
+        for (name, value) in &s.analyzed.settings {
+            check_setting(
+                &tier_name,
+                tier,
+                name,
+                value,
+                " (in the SQL's SETTINGS clause)",
+            )
+            .map_err(|e| s.locate(e))?;
+        }
     }
     let mut parameters = BTreeMap::new();
     for (name, value) in r.parameters.unwrap_or_default() {
@@ -396,7 +432,6 @@ pub(super) fn validate(
         no_nul(&format!("parameter `{name}`"), "invalid_parameter", &value)?;
         parameters.insert(name, value);
     }
-    let policy = policy(&tier_name, tier, &r.run_after, r.max_attempts, &r.retention)?;
     let from_result = r
         .from_result
         .as_deref()
@@ -412,8 +447,14 @@ pub(super) fn validate(
             })
         })
         .transpose()?;
+    if from_result.is_some() && job.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_from_result",
+            "from_result is for a single statement, not a job",
+        ));
+    }
     let hash = query_hash(
-        &r.sql,
+        &identity,
         &tier_name,
         format,
         &settings,
@@ -441,7 +482,7 @@ pub(super) fn validate(
         tier: tier_name,
         query_id,
         query_hash: hash,
-        sql: r.sql,
+        sql: text,
         format,
         settings,
         priority,
@@ -453,26 +494,252 @@ pub(super) fn validate(
         task: task.map(String::from),
         run_after: policy.run_after,
         retention_ms: policy.retention_ms,
+        timeout_ms: policy.timeout_ms,
+        start_within_ms: policy.start_within_ms,
+        max_age_ms: policy.max_age_ms,
         from_result,
+        job,
+        callback_url: r
+            .callback_url
+            .as_deref()
+            .map(|url| callback_url(&ctx.config.webhooks, url))
+            .transpose()?,
     })
 }
 
-/// When and how often an execution may run and how long its result is kept.
+/// A `callback_url` inside `webhooks.allowed` (same scheme, host and port as an entry,
+/// under its path), normalized; 400 `callback_not_allowed` otherwise.
+fn callback_url(hooks: &crate::config::WebhooksConfig, url: &str) -> Result<String, ApiError> {
+    let refuse = |why: &str| {
+        ApiError::bad_request(
+            "callback_not_allowed",
+            format!(
+                "callback_url `{}` {why}; allowed: {}",
+                url.escape_debug(),
+                if hooks.allowed.is_empty() {
+                    "none (webhooks.allowed is empty)".to_string()
+                } else {
+                    hooks.allowed.join(", ")
+                }
+            ),
+        )
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| refuse("is not a URL"))?;
+    let inside = |entry: &String| {
+        reqwest::Url::parse(entry).is_ok_and(|a| {
+            a.scheme() == parsed.scheme()
+                && a.host_str() == parsed.host_str()
+                && a.port_or_known_default() == parsed.port_or_known_default()
+                && parsed.path().starts_with(a.path())
+                && parsed.username().is_empty()
+                && parsed.password().is_none()
+        })
+    };
+    if !hooks.allowed.iter().any(inside) {
+        return Err(refuse("is outside webhooks.allowed"));
+    }
+    Ok(parsed.to_string())
+}
+
+/// Most statements (fallbacks included) one job may hold.
+const MAX_JOB_STEPS: usize = 100;
+
+/// One statement of a submission: where it is, what it is, and its text.
+struct Submitted<'a> {
+    /// `sql[2].onerror`, `onsuccess`; empty for a single statement.
+    place: String,
+    role: Role,
+    text: String,
+    analyzed: sql::Statement<'a>,
+}
+
+impl Submitted<'_> {
+    /// `e`, saying which statement it is about.
+    fn locate(&self, e: ApiError) -> ApiError {
+        if self.place.is_empty() {
+            e
+        } else {
+            e.within(&self.place)
+        }
+    }
+}
+
+/// Every statement of `r` (one, or a job's statements and fallbacks in plan order),
+/// each free of NUL bytes and classified.
+fn statements(r: &SubmitRequest) -> Result<Vec<Submitted<'_>>, ApiError> {
+    let mut raw: Vec<(String, Role, &str)> = Vec::new();
+    match &r.sql {
+        SqlInput::One(text) => {
+            if r.onsuccess.is_some() || r.onerror.is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_job",
+                    "onsuccess and onerror belong to a job: give `sql` as a list of statements",
+                ));
+            }
+            raw.push((String::new(), Role::Statement, text));
+        }
+        SqlInput::Job(items) => {
+            if items.is_empty() {
+                return Err(ApiError::bad_request(
+                    "empty_sql",
+                    "a job needs at least one statement",
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    JobItem::Sql(text) => raw.push((format!("sql[{i}]"), Role::Statement, text)),
+                    JobItem::WithFallbacks(s) => {
+                        raw.push((format!("sql[{i}]"), Role::Statement, &s.sql));
+                        if let Some(f) = &s.onsuccess {
+                            raw.push((format!("sql[{i}].onsuccess"), Role::OnSuccess, f));
+                        }
+                        if let Some(f) = &s.onerror {
+                            raw.push((format!("sql[{i}].onerror"), Role::OnError, f));
+                        }
+                    }
+                }
+            }
+            if let Some(f) = &r.onsuccess {
+                raw.push(("onsuccess".into(), Role::OnSuccess, f));
+            }
+            if let Some(f) = &r.onerror {
+                raw.push(("onerror".into(), Role::OnError, f));
+            }
+            if raw.len() > MAX_JOB_STEPS {
+                return Err(ApiError::bad_request(
+                    "invalid_job",
+                    format!(
+                        "a job holds at most {MAX_JOB_STEPS} statements and fallbacks, got {}",
+                        raw.len()
+                    ),
+                ));
+            }
+        }
+    }
+    raw.into_iter()
+        .map(|(place, role, text)| {
+            let located = |e: ApiError| {
+                if place.is_empty() {
+                    e
+                } else {
+                    e.within(&place)
+                }
+            };
+            no_nul("sql", "invalid_sql", text).map_err(located)?;
+            let analyzed = sql::analyze(text)
+                .map_err(statement_error)
+                .map_err(located)?;
+            Ok(Submitted {
+                place,
+                role,
+                text: text.to_string(),
+                analyzed,
+            })
+        })
+        .collect()
+}
+
+/// The text stored in `sql`, what identifies the submission in the dedup hash, and
+/// the plan of a job.
+fn job_of(r: &SubmitRequest, statements: &[Submitted]) -> (String, String, Option<Job>) {
+    if let SqlInput::One(text) = &r.sql {
+        return (text.clone(), text.clone(), None);
+    }
+    let mut planned: Vec<Planned> = Vec::new();
+    let (mut onsuccess, mut onerror) = (None, None);
+    for s in statements {
+        let entry = (s.text.clone(), s.analyzed.kind == sql::Kind::Read);
+        let is_job_level = !s.place.starts_with("sql[");
+        match (s.role, is_job_level) {
+            (Role::Statement, _) => planned.push(Planned {
+                sql: entry.0,
+                read_only: entry.1,
+                onsuccess: None,
+                onerror: None,
+            }),
+            (Role::OnSuccess, true) => onsuccess = Some(entry),
+            (Role::OnError, true) => onerror = Some(entry),
+            (Role::OnSuccess, false) => {
+                if let Some(p) = planned.last_mut() {
+                    p.onsuccess = Some(entry);
+                }
+            }
+            (Role::OnError, false) => {
+                if let Some(p) = planned.last_mut() {
+                    p.onerror = Some(entry);
+                }
+            }
+        }
+    }
+    let text = planned
+        .iter()
+        .map(|p| p.sql.trim().trim_end_matches(';').trim_end())
+        .collect::<Vec<_>>()
+        .join(";\n");
+    let job = Job::plan(planned, onsuccess, onerror);
+    // Everything that runs, fallbacks included, identifies a job.
+    let identity = format!(
+        "job:{}",
+        job.steps
+            .iter()
+            .map(|s| format!("{:?}:{:?}:{}", s.role, s.statement, s.sql))
+            .collect::<Vec<_>>()
+            .join("\u{0}")
+    );
+    (text, identity, Some(job))
+}
+
+/// 400 unless `tier` runs statements like `statement`.
+fn check_statement(
+    tier_name: &str,
+    tier: &crate::config::TierConfig,
+    statement: &sql::Statement,
+) -> Result<(), ApiError> {
+    if !tier.allowed_statements.contains(&statement.kind) {
+        return Err(ApiError::bad_request(
+            "statement_not_allowed",
+            format!(
+                "`{}` is a {} statement; tier `{tier_name}` runs {} statements only",
+                statement.keyword,
+                statement.kind,
+                tier.allowed_statements
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ));
+    }
+    if let Some(table) = statement.sensitive_table() {
+        return Err(ApiError::bad_request(
+            "table_not_allowed",
+            format!(
+                "`system.{table}` shows other users' queries, privileges or servers; \
+                 Sluice does not run statements that read it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// When and how often an execution may run, for how long, and how long its result is
+/// kept.
 struct Policy {
     run_after: Option<chrono::DateTime<chrono::Utc>>,
     max_attempts: i32,
     retention_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+    start_within_ms: Option<i64>,
+    max_age_ms: Option<i64>,
 }
 
-/// The submission's `run_after`, `max_attempts` and `retention`, within the tier's.
+/// The submission's policy fields, within the tier's bounds.
 fn policy(
     tier_name: &str,
     tier: &crate::config::TierConfig,
-    run_after: &Option<String>,
-    max_attempts: Option<i32>,
-    retention: &Option<String>,
+    r: &SubmitRequest,
 ) -> Result<Policy, ApiError> {
-    let run_after = match run_after {
+    let run_after = match &r.run_after {
         None => None,
         Some(text) => Some(
             chrono::DateTime::parse_from_rfc3339(text)
@@ -489,7 +756,7 @@ fn policy(
                 .with_timezone(&chrono::Utc),
         ),
     };
-    let max_attempts = match max_attempts {
+    let max_attempts = match r.max_attempts {
         None => tier.max_attempts,
         Some(n) if (1..=tier.max_attempts).contains(&n) => n,
         Some(n) => {
@@ -502,34 +769,63 @@ fn policy(
             ));
         }
     };
-    let longest = tier.retention.succeeded;
-    let retention_ms = match retention {
-        None => None,
-        Some(text) => {
-            let bad = |why: String| {
-                ApiError::bad_request(
-                    "invalid_retention",
-                    format!(
-                        "retention `{}` {why}; give a duration such as \"1h\", up to {} \
-                         (tier `{tier_name}`)",
-                        text.escape_debug(),
-                        humantime::format_duration(longest)
-                    ),
-                )
-            };
-            let d = humantime::parse_duration(text)
-                .map_err(|e| bad(format!("is not a duration: {e}")))?;
-            if d.is_zero() || d > longest {
-                return Err(bad("is out of range".into()));
-            }
-            Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        }
+    let bounded = |field: &str, code: &'static str, value: &Option<String>, longest| {
+        duration_ms(tier_name, field, code, value.as_deref(), longest)
     };
     Ok(Policy {
         run_after,
         max_attempts,
-        retention_ms,
+        retention_ms: bounded(
+            "retention",
+            "invalid_retention",
+            &r.retention,
+            tier.retention.succeeded,
+        )?,
+        timeout_ms: bounded("timeout", "invalid_timeout", &r.timeout, tier.max_timeout)?,
+        start_within_ms: bounded(
+            "start_within",
+            "invalid_start_within",
+            &r.start_within,
+            tier.max_timeout,
+        )?,
+        // Reuse looks back at most as far as results are kept.
+        max_age_ms: bounded(
+            "max_age",
+            "invalid_max_age",
+            &r.max_age,
+            tier.retention.succeeded,
+        )?,
     })
+}
+
+/// A duration field (`"90s"`, `"1h 30m"`) in milliseconds, above zero and at most
+/// `longest`; 400 `code` otherwise.
+fn duration_ms(
+    tier_name: &str,
+    field: &str,
+    code: &'static str,
+    text: Option<&str>,
+    longest: Duration,
+) -> Result<Option<i64>, ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        ApiError::bad_request(
+            code,
+            format!(
+                "{field} `{}` {why}; give a duration such as \"90s\" or \"1h\", up to {} \
+                 (tier `{tier_name}`)",
+                text.escape_debug(),
+                humantime::format_duration(longest)
+            ),
+        )
+    };
+    let d = humantime::parse_duration(text).map_err(|e| bad(format!("is not a duration: {e}")))?;
+    if d.is_zero() || d > longest {
+        return Err(bad("is out of range".into()));
+    }
+    Ok(Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
 }
 
 /// Why the SQL cannot be queued, as the 400 that says so.
@@ -542,6 +838,23 @@ fn statement_error(e: sql::SqlError) -> ApiError {
         sql::SqlError::UnknownStatement(_) => "unknown_statement",
     };
     ApiError::bad_request(code, e.to_string())
+}
+
+/// The `format` field alone (a job without a read statement), or the default.
+fn output_format_field(field: Option<&str>) -> Result<Format, ApiError> {
+    match field {
+        None => Ok(DEFAULT_FORMAT),
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_format",
+                format!(
+                    "unknown format `{}`; supported: {}",
+                    f.escape_debug(),
+                    Format::ALL.map(|f| f.as_str()).join(", ")
+                ),
+            )
+        }),
+    }
 }
 
 /// The execution's format: the `format` field, or the statement's own `FORMAT` clause
@@ -661,11 +974,11 @@ pub(super) fn wait_duration(
 /// client learns of the end at once without polling.
 #[utoipa::path(
     get,
-    path = "/v1/executions/{id}",
+    path = "/v1/executions/{id}", operation_id = "get_execution",
     tag = "executions",
-    params(("id" = String, Path, description = "Execution id"), GetParams),
+    params(("id" = Uuid, Path, description = "Execution id"), GetParams),
     responses(
-        (status = 200, body = ExecutionView),
+        (status = 200, description = "The execution", body = ExecutionView),
         (status = 400, description = "Invalid `wait`", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
@@ -691,18 +1004,28 @@ pub async fn get(
         }
     }
     .ok_or_else(|| ApiError::NotFound(format!("no execution with id `{id}`")))?;
-    Ok(Json(execution.into()))
+    let estimates = ctx.store.estimates(&execution).await?;
+    let webhook = match execution.callback_url {
+        Some(_) => ctx.store.delivery(execution.id).await?,
+        None => None,
+    };
+    let mut view = ExecutionView::from(execution.clone()).with_estimates(estimates);
+    view.webhook = webhook;
+    if params.inline == Some(true) {
+        super::results::inline(&ctx, &execution, &mut view).await?;
+    }
+    Ok(Json(view))
 }
 
 /// List executions, newest first, with keyset pagination: the caller's tenant's, or
 /// every tenant's (or the one named by `tenant`) for an admin.
 #[utoipa::path(
     get,
-    path = "/v1/executions",
+    path = "/v1/executions", operation_id = "list_executions",
     tag = "executions",
     params(ListParams),
     responses(
-        (status = 200, body = ExecutionPage),
+        (status = 200, description = "A page of executions, newest first", body = ExecutionPage),
         (status = 400, description = "Invalid filter", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
     ),
@@ -718,6 +1041,7 @@ pub async fn list(
         ("query_id", &p.query_id),
         ("tier", &p.tier),
         ("tenant", &p.tenant),
+        ("task", &p.task),
     ] {
         if let Some(v) = value {
             no_nul(field, "invalid_filter", v)?;
@@ -731,18 +1055,7 @@ pub async fn list(
             format!("limit must be between 1 and {max}"),
         ));
     }
-    let status = match p.status.as_deref() {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_status",
-                format!(
-                    "unknown status `{s}`; one of {}",
-                    Status::ALL.map(|s| s.as_str()).join(", ")
-                ),
-            )
-        })?),
-    };
+    let status = p.status.as_deref().map(parse_status).transpose()?;
     let before = match p.cursor.as_deref() {
         None => None,
         Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
@@ -784,6 +1097,89 @@ pub async fn list(
     }))
 }
 
+/// A status filter, or 400 `invalid_status`.
+fn parse_status(s: &str) -> Result<Status, ApiError> {
+    Status::parse(s).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_status",
+            format!(
+                "unknown status `{}`; one of {}",
+                s.escape_debug(),
+                Status::ALL.map(|s| s.as_str()).join(", ")
+            ),
+        )
+    })
+}
+
+/// Most query_ids one search may name.
+const MAX_SEARCH_IDS: usize = 1000;
+
+/// The latest execution of each of up to 1,000 query_ids, in the order asked.
+///
+/// The caller's tenant's executions only (an admin's search spans every tenant, so a
+/// query_id may then answer once per tenant). A query_id without an execution (or
+/// without one in `status`) is left out. With `limit`, at most that many executions.
+#[utoipa::path(
+    post,
+    path = "/v1/executions/search", operation_id = "search_executions",
+    tag = "executions",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "The latest execution of each query_id that has one", body = SearchResult),
+        (status = 400, description = "Invalid search", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn search(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SearchResult>, ApiError> {
+    let r: SearchRequest = parse_json(&body_bytes(&ctx, body)?)?;
+    if r.query_ids.is_empty() || r.query_ids.len() > MAX_SEARCH_IDS {
+        return Err(ApiError::bad_request(
+            "invalid_query_ids",
+            format!(
+                "query_ids must name 1 to {MAX_SEARCH_IDS} query_ids, got {}",
+                r.query_ids.len()
+            ),
+        ));
+    }
+    for id in &r.query_ids {
+        no_nul("query_ids", "invalid_query_ids", id)?;
+    }
+    if r.limit
+        .is_some_and(|l| l == 0 || l as usize > MAX_SEARCH_IDS)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_SEARCH_IDS}"),
+        ));
+    }
+    let status = r.status.as_deref().map(parse_status).transpose()?;
+    let found = ctx
+        .store
+        .latest_by_query_id(principal.scope(), &r.query_ids, status)
+        .await?;
+    let mut by_query_id: std::collections::HashMap<&str, Vec<&crate::execution::Execution>> =
+        std::collections::HashMap::new();
+    for e in &found {
+        by_query_id.entry(e.query_id.as_str()).or_default().push(e);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let limit = r.limit.map_or(usize::MAX, |l| l as usize);
+    let executions = r
+        .query_ids
+        .iter()
+        .filter(|q| seen.insert(q.as_str()))
+        .flat_map(|q| by_query_id.remove(q.as_str()).unwrap_or_default())
+        .take(limit)
+        .map(|e| ExecutionView::from(e.clone()))
+        .collect();
+    Ok(Json(SearchResult { executions }))
+}
+
 /// Cancel an execution.
 ///
 /// PENDING becomes CANCELED at once (200). RUNNING is stopped by its worker, which kills
@@ -791,9 +1187,9 @@ pub async fn list(
 /// CANCELED execution is a no-op (200); any other finished one is a 409.
 #[utoipa::path(
     post,
-    path = "/v1/executions/{id}/cancel",
+    path = "/v1/executions/{id}/cancel", operation_id = "cancel_execution",
     tag = "executions",
-    params(("id" = String, Path, description = "Execution id")),
+    params(("id" = Uuid, Path, description = "Execution id")),
     responses(
         (status = 200, description = "Canceled", body = ExecutionView),
         (status = 202, description = "Cancel requested; the worker is stopping it", body = ExecutionView),

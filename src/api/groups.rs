@@ -33,7 +33,7 @@ const MAX_GROUP_ID_LEN: usize = 256;
 /// with all of them, or nothing was created.
 #[utoipa::path(
     post,
-    path = "/v1/groups",
+    path = "/v1/groups", operation_id = "create_group",
     tag = "groups",
     request_body(content = GroupRequest, content_type = "application/json"),
     responses(
@@ -180,11 +180,11 @@ fn member_submission(
 /// A group's state and its members.
 #[utoipa::path(
     get,
-    path = "/v1/groups/{id}",
+    path = "/v1/groups/{id}", operation_id = "get_group",
     tag = "groups",
-    params(("id" = String, Path, description = "Group id")),
+    params(("id" = Uuid, Path, description = "Group id")),
     responses(
-        (status = 200, body = GroupView),
+        (status = 200, description = "The group and its members", body = GroupView),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "No such group (or another tenant's)", body = ErrorBody),
     ),
@@ -209,9 +209,9 @@ pub async fn get(
 /// they are.
 #[utoipa::path(
     post,
-    path = "/v1/groups/{id}/cancel",
+    path = "/v1/groups/{id}/cancel", operation_id = "cancel_group",
     tag = "groups",
-    params(("id" = String, Path, description = "Group id")),
+    params(("id" = Uuid, Path, description = "Group id")),
     responses(
         (status = 200, description = "Every member has ended", body = GroupView),
         (status = 202, description = "Running members are being stopped", body = GroupView),

@@ -9,14 +9,18 @@
 //! exactly like a missing one.
 
 pub mod auth;
+mod dry_run;
 pub mod error;
+pub mod events;
 pub mod executions;
 pub mod groups;
 pub mod model;
+mod pages;
 pub mod results;
 pub mod tasks;
 pub mod wait;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -30,6 +34,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{AuthError, Authenticator, LinkSigner, Principal};
+use crate::clickhouse::Endpoint;
 use crate::config::{Bounds, Config};
 use crate::results::ResultStore;
 use crate::store::Store;
@@ -50,6 +55,8 @@ pub struct ApiContext {
     pub shutdown: CancellationToken,
     /// Saved reports, reloaded on SIGHUP.
     pub tasks: Arc<crate::tasks::Tasks>,
+    /// Each tier's ClickHouse, for dry runs only: the API never runs a query.
+    pub engines: Arc<BTreeMap<String, Endpoint>>,
 }
 
 /// Why the API cannot start.
@@ -59,6 +66,11 @@ pub enum ApiInitError {
     Auth(#[from] AuthError),
     #[error("tasks: {0}")]
     Tasks(#[from] crate::tasks::TaskError),
+    #[error("tiers.{tier}: {error}")]
+    Engine {
+        tier: String,
+        error: crate::clickhouse::EngineError,
+    },
 }
 
 impl ApiContext {
@@ -78,7 +90,20 @@ impl ApiContext {
             config.tiers.keys().cloned().collect(),
         )?;
         tracing::info!(tasks = tasks.current().tasks.len(), "saved reports loaded");
+        let engines = config
+            .tiers
+            .iter()
+            .map(|(name, tier)| {
+                Endpoint::new(tier)
+                    .map(|e| (name.clone(), e))
+                    .map_err(|error| ApiInitError::Engine {
+                        tier: name.clone(),
+                        error,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(ApiContext {
+            engines: Arc::new(engines),
             tasks: Arc::new(tasks),
             auth: Arc::new(Authenticator::new(&config.auth)?),
             links: LinkSigner::new(config.results.link_secret.as_deref()),
@@ -110,6 +135,88 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// What the macros cannot say: each result download's content types (one per stored
+/// format, as binary) and the optional body of `result-url`.
+struct Contract;
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        use utoipa::openapi::{Content, RefOr, Required};
+        let binary = || {
+            RefOr::T(Content::new(Some(RefOr::T(
+                utoipa::openapi::Schema::Object(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                        .build(),
+                ),
+            ))))
+        };
+        // JSON, JSONCompact, JSONStrings: one JSON object.
+        let json = || {
+            RefOr::T(Content::new(Some(RefOr::T(
+                utoipa::openapi::Schema::Object(
+                    ObjectBuilder::new().schema_type(Type::Object).build(),
+                ),
+            ))))
+        };
+        let mut types: Vec<&str> = crate::execution::Format::ALL
+            .iter()
+            .map(|f| f.content_type())
+            .collect();
+        // Generic binary first: generated clients read the body as the first type
+        // says, and any result is bytes.
+        types.sort_unstable_by_key(|t| (*t != "application/octet-stream", *t));
+        types.dedup();
+        for path in ["/v1/executions/{id}/result", "/v1/results/{id}"] {
+            let Some(op) = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|p| p.get.as_mut())
+            else {
+                continue;
+            };
+            for status in ["200", "206"] {
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
+                    response.content = types
+                        .iter()
+                        .map(|t| {
+                            (
+                                t.to_string(),
+                                if *t == "application/json" {
+                                    json()
+                                } else {
+                                    binary()
+                                },
+                            )
+                        })
+                        .collect();
+                }
+            }
+        }
+        if let Some(body) = openapi
+            .paths
+            .paths
+            .get_mut("/v1/executions/{id}/result-url")
+            .and_then(|p| p.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+            && let RefOr::T(body) = body
+        {
+            body.required = Some(Required::False);
+            body.content = [(
+                "application/json".to_string(),
+                RefOr::T(Content::new(Some(RefOr::Ref(
+                    utoipa::openapi::Ref::from_schema_name("ResultUrlRequest"),
+                )))),
+            )]
+            .into_iter()
+            .collect();
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -123,6 +230,8 @@ impl utoipa::Modify for BearerAuth {
         executions::list,
         executions::get,
         executions::cancel,
+        executions::search,
+        events::events,
         tasks::list,
         tasks::submit,
         groups::create,
@@ -143,9 +252,43 @@ impl utoipa::Modify for BearerAuth {
         (name = "tiers", description = "Where executions run, and the limits there"),
         (name = "operations", description = "Liveness and readiness"),
     ),
-    modifiers(&BearerAuth)
+    components(schemas(events::EventState)),
+    modifiers(&BearerAuth, &Contract)
 )]
 pub struct ApiDoc;
+
+/// The document this server serves: `api.yaml` with the bounds of its own
+/// configuration (`api.max_wait`, `api.max_page_size`) where the defaults stand there.
+pub fn openapi_for(api: &crate::config::ApiConfig) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let mut doc = ApiDoc::openapi();
+    let bound = |name: &str| match name {
+        "wait" => Some(api.max_wait.as_secs() as usize),
+        "limit" => Some(api.max_page_size as usize),
+        _ => None,
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for op in [item.get.as_mut(), item.post.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for p in op.parameters.iter_mut().flatten() {
+                let RefOr::T(p) = p else { continue };
+                // `limit` of the list only: search bounds its own in the body.
+                let Some(max) =
+                    bound(&p.name).filter(|_| p.name != "limit" || path == "/v1/executions")
+                else {
+                    continue;
+                };
+                if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                    o.maximum = Some(utoipa::Number::UInt(max));
+                }
+            }
+        }
+    }
+    doc
+}
 
 /// The OpenAPI document as YAML: what `api.yaml` must contain.
 pub fn openapi_yaml() -> String {
@@ -161,8 +304,10 @@ pub fn router(ctx: ApiContext) -> Router {
             "/v1/executions",
             post(executions::submit).get(executions::list),
         )
+        .route("/v1/executions/search", post(executions::search))
         .route("/v1/executions/{id}", get(executions::get))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/v1/executions/{id}/events", get(events::events))
         .route("/v1/tasks", get(tasks::list))
         .route("/v1/tasks/{name}/executions", post(tasks::submit))
         .route("/v1/groups", post(groups::create))
@@ -172,10 +317,11 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/executions/{id}/result-url", post(results::result_url))
         .route("/v1/results/{id}", get(results::signed_download))
         .route("/v1/tiers", get(tiers))
+        .route("/ui", get(console))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi_for(&ctx.config.api)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -187,13 +333,23 @@ async fn not_found() -> ApiError {
 }
 
 /// The tiers the caller may use, with the limits that apply to it there.
-#[utoipa::path(get, path = "/v1/tiers", tag = "tiers",
+#[utoipa::path(get, path = "/v1/tiers", operation_id = "list_tiers", tag = "tiers",
     responses(
-        (status = 200, body = TierList),
+        (status = 200, description = "The tiers this principal may use", body = TierList),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn tiers(State(ctx): State<ApiContext>, principal: Principal) -> Json<TierList> {
+pub async fn tiers(
+    State(ctx): State<ApiContext>,
+    principal: Principal,
+) -> Result<Json<TierList>, ApiError> {
+    let load = ctx.store.tier_load(&principal.tenant).await?;
+    let load_of = |name: &str| {
+        load.iter()
+            .find(|l| l.tier == name)
+            .cloned()
+            .unwrap_or_default()
+    };
     let default = principal
         .default_tier
         .clone()
@@ -223,14 +379,23 @@ pub async fn tiers(State(ctx): State<ApiContext>, principal: Principal) -> Json<
                 })
                 .collect(),
             result_retention_seconds: t.retention.succeeded.as_secs(),
+            pending: load_of(name).pending,
+            running: load_of(name).running,
+            oldest_pending_seconds: load_of(name).oldest_pending_seconds,
         })
         .collect();
-    Json(TierList { tiers })
+    Ok(Json(TierList { tiers }))
+}
+
+/// The web console: one static page (no CDN, nothing fetched but this API) that asks
+/// for an API key once per browser session and drives `/v1` with it.
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("console.html"))
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, body = HealthView)))]
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = HealthView)))]
 pub async fn health() -> Json<HealthView> {
     Json(HealthView {
         status: "ok".into(),
@@ -238,8 +403,11 @@ pub async fn health() -> Json<HealthView> {
 }
 
 /// Readiness: Postgres answers; also names the leading bookkeeper.
-#[utoipa::path(get, path = "/ready", tag = "operations",
-    responses((status = 200, body = ReadyView), (status = 503, body = ReadyView)))]
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: Postgres answers", body = ReadyView),
+        (status = 503, description = "Not ready: Postgres does not answer", body = ReadyView),
+    ))]
 pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView>) {
     match ctx.store.leader().await {
         Ok(leader) => {
@@ -265,7 +433,7 @@ pub async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, Json<ReadyView
 }
 
 /// Prometheus metrics: the queue by tier and status, and this process's counters.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
         (status = 503, description = "Postgres unavailable", body = ErrorBody),

@@ -10,13 +10,128 @@ use uuid::Uuid;
 
 use crate::execution::{AttemptRecord, Column, ErrorInfo, Execution, Format, Progress, Status};
 
+/// An optional integer field that also takes a float with no fraction (`5.0`): JSON
+/// Schema counts those as integers, so clients generated from the document may send
+/// them.
+pub(crate) mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn option<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64>,
+    {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let whole = n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        });
+        whole
+            .and_then(|i| T::try_from(i).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                D::Error::custom(format!("invalid value: {n}, expected an integer in range"))
+            })
+    }
+}
+
+/// One statement, or the statements of a job.
+#[derive(Debug, Clone, ToSchema)]
+#[serde(untagged)]
+pub enum SqlInput {
+    One(String),
+    Job(Vec<JobItem>),
+}
+
+impl Default for SqlInput {
+    fn default() -> SqlInput {
+        SqlInput::One(String::new())
+    }
+}
+
+/// A statement of a job: its SQL, or its SQL with fallbacks.
+#[derive(Debug, Clone, ToSchema)]
+#[serde(untagged)]
+pub enum JobItem {
+    Sql(String),
+    WithFallbacks(JobStatement),
+}
+
+// By hand rather than `untagged`, so that a wrong shape gets serde's own message
+// ("invalid type: integer `5`, expected ...") and a wrong field inside an item is named.
+impl<'de> Deserialize<'de> for SqlInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SqlInput, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SqlInput;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a statement (a string) or a job's list of statements")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SqlInput, E> {
+                Ok(SqlInput::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<SqlInput, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(SqlInput::Job)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JobItem, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JobItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a statement (a string) or {sql, onsuccess?, onerror?}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JobItem, E> {
+                Ok(JobItem::Sql(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<JobItem, A::Error> {
+                JobStatement::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(JobItem::WithFallbacks)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A job's statement with the fallbacks that run after it.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobStatement {
+    pub sql: String,
+    /// Runs right after this statement succeeds.
+    #[serde(default)]
+    pub onsuccess: Option<String>,
+    /// Runs after this statement fails, before the job's `onerror`; may use
+    /// `{{execution_id}}` and `{{error_message}}`.
+    #[serde(default)]
+    pub onerror: Option<String>,
+}
+
 /// `POST /v1/executions` with `Content-Type: application/json`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "sql": "SELECT number FROM system.numbers LIMIT 10" }))]
 pub struct SubmitRequest {
-    /// The SQL to run: one statement.
-    #[schema(example = "SELECT number FROM system.numbers LIMIT 10")]
-    pub sql: String,
+    /// The SQL to run: one statement, or a job: a list of statements (strings, or
+    /// objects with their own `onsuccess`/`onerror` fallbacks) run in order in one
+    /// ClickHouse session.
+    pub sql: SqlInput,
+    /// A job's fallback once every statement succeeded (`sql` a list only).
+    #[serde(default)]
+    pub onsuccess: Option<String>,
+    /// A job's fallback after a statement failed (`sql` a list only). May use
+    /// `{{execution_id}}` and `{{error_message}}` (a String query parameter).
+    #[serde(default)]
+    pub onerror: Option<String>,
     /// Tier to run on; the configured default tier when absent.
     #[serde(default)]
     pub tier: Option<String>,
@@ -24,17 +139,19 @@ pub struct SubmitRequest {
     /// sha256 over sql, tier, format and settings. Reusing a query_id with different SQL
     /// supersedes the in-flight execution.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub query_id: Option<String>,
     /// Output format (ClickHouse's name); `JSONEachRow` when absent.
     #[serde(default)]
-    #[schema(example = "JSONEachRow")]
+    #[schema(value_type = Option<Format>)]
     pub format: Option<String>,
     /// ClickHouse settings for this query; only those the tier allows.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub settings: Option<BTreeMap<String, serde_json::Value>>,
     /// 0 (default) to 9; higher runs first among the tenant's executions on a tier.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i16>,
     /// Values of the query's `{name:Type}` placeholders, sent to ClickHouse as
     /// `param_<name>` (typed and escaped by the server, never spliced into the SQL).
@@ -47,18 +164,38 @@ pub struct SubmitRequest {
     /// Not started before this instant (RFC 3339, e.g. `2026-12-01T06:00:00Z`); at once
     /// when absent or past. A PENDING execution shows it as `runnable_at`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub run_after: Option<String>,
     /// Runs before it fails for good (1 to the tier's `max_attempts`, the default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1)]
     pub max_attempts: Option<i32>,
     /// How long the result is kept once finished, e.g. `"1h"` (up to the tier's
     /// retention, the default).
     #[serde(default)]
     pub retention: Option<String>,
+    /// Longest run, e.g. `"30s"` (up to the tier's `max_timeout`): past it the query is
+    /// killed and the execution FAILS with `TIMEOUT`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Longest wait for a worker once runnable, e.g. `"5m"`: past it a PENDING
+    /// execution FAILS with `NOT_STARTED_IN_TIME`.
+    #[serde(default)]
+    pub start_within: Option<String>,
+    /// Reuse: when this tenant has a SUCCEEDED, unexpired execution of the same
+    /// query_id and statement that finished within this long (e.g. `"10m"`), it is
+    /// returned (`outcome: "reused"`) and nothing runs.
+    #[serde(default)]
+    pub max_age: Option<String>,
     /// Query the stored result of this execution (same tenant, SUCCEEDED) as the table
     /// `result`, e.g. `SELECT ... FROM result WHERE ... ORDER BY ... LIMIT 100`.
     #[serde(default)]
     pub from_result: Option<String>,
+    /// When the execution ends (SUCCEEDED, FAILED or CANCELED), Sluice POSTs it here,
+    /// signed (`X-Sluice-Signature`), retrying until the receiver answers 2xx. Must
+    /// match `webhooks.allowed`.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// Query string of `POST /v1/executions`: `wait` always; the others only when the body
@@ -67,13 +204,43 @@ pub struct SubmitRequest {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitParams {
+    /// Tier (text/plain bodies only).
     pub tier: Option<String>,
+    /// Dedup key (text/plain bodies only).
+    #[param(min_length = 1, max_length = 256)]
     pub query_id: Option<String>,
+    /// Output format (text/plain bodies only).
+    #[param(value_type = Option<Format>)]
     pub format: Option<String>,
+    /// 0 to 9 (text/plain bodies only).
+    #[param(minimum = 0, maximum = 9)]
     pub priority: Option<i16>,
-    /// Seconds (up to `api.max_wait`) to hold the answer until the execution ends; the
-    /// execution in the answer is then its final state (or its state when time ran out).
+    /// Seconds (up to `api.max_wait`, 60 by default) to hold the answer until the
+    /// execution ends; the execution in the answer is then its final state (or its
+    /// state when time ran out).
+    #[param(maximum = 60)]
     pub wait: Option<u32>,
+    /// `true`: check the statement on the tier's ClickHouse (DESCRIBE, or EXPLAIN AST)
+    /// and answer with a `DryRunResult`; nothing is queued.
+    pub dry_run: Option<bool>,
+    /// `true` (with `wait`): a result that is ready in time comes inside the answer
+    /// (`result.inline`), when it is text of at most `api.inline_max_bytes`.
+    pub inline: Option<bool>,
+}
+
+/// Query string of `GET /v1/executions/{id}/result`: a page of rows instead of the
+/// whole result (line formats: JSONEachRow, CSV, TabSeparated and their variants). The
+/// page keeps the format's header lines.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RowParams {
+    /// First row of the page, 0-based (default 0).
+    #[param(minimum = 0)]
+    pub row_offset: Option<i64>,
+    /// Rows in the page, 1 to 100,000 (default 100,000).
+    #[param(minimum = 1, maximum = 100000)]
+    pub row_limit: Option<u64>,
 }
 
 /// Query string of `GET /v1/executions/{id}`.
@@ -81,9 +248,14 @@ pub struct SubmitParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetParams {
-    /// Seconds (up to `api.max_wait`) to hold the answer until the execution ends
-    /// (SUCCEEDED, FAILED or CANCELED); the answer comes as soon as it does.
+    /// Seconds (up to `api.max_wait`, 60 by default) to hold the answer until the
+    /// execution ends (SUCCEEDED, FAILED or CANCELED); the answer comes as soon as it
+    /// does.
+    #[param(maximum = 60)]
     pub wait: Option<u32>,
+    /// `true`: a SUCCEEDED execution's result comes inside the answer (`result.inline`)
+    /// when it is text of at most `api.inline_max_bytes`.
+    pub inline: Option<bool>,
 }
 
 /// Query string of `GET /v1/executions`.
@@ -93,6 +265,7 @@ pub struct GetParams {
 pub struct ListParams {
     pub query_id: Option<String>,
     /// PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED or EXPIRED.
+    #[param(value_type = Option<Status>)]
     pub status: Option<String>,
     pub tier: Option<String>,
     /// One tenant's executions (for admins; anyone else sees only their own tenant, so
@@ -100,9 +273,11 @@ pub struct ListParams {
     pub tenant: Option<String>,
     /// Executions of one saved report (task).
     pub task: Option<String>,
-    /// Page size, 1 to `api.max_page_size` (default 100).
+    /// Page size, 1 to `api.max_page_size` (1,000 by default); 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -120,6 +295,23 @@ pub struct ResultView {
     pub columns: Option<Vec<Column>>,
     /// Where to download it.
     pub url: String,
+    /// With `?inline=true`: the result itself, when it is text of at most
+    /// `api.inline_max_bytes` (1 MiB by default).
+    pub inline: Option<String>,
+    /// With `?inline=true`: whether `inline` holds the result (`included`), or why not
+    /// (`too_large`, `binary`): then download it from `url`.
+    pub inline_status: Option<InlineStatus>,
+}
+
+/// Whether a result came inline (`?inline=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InlineStatus {
+    Included,
+    /// Larger than `api.inline_max_bytes`.
+    TooLarge,
+    /// A binary format (Parquet, Arrow, Native, RowBinary), or text that is not UTF-8.
+    Binary,
 }
 
 /// An execution as clients see it.
@@ -163,10 +355,55 @@ pub struct ExecutionView {
     pub retention_seconds: Option<u64>,
     /// The execution whose stored result it queries as the table `result`.
     pub from_result: Option<Uuid>,
+    /// A job's statements and fallbacks in plan order, each with its status (PENDING,
+    /// RUNNING, SUCCEEDED, FAILED, SKIPPED, or CANCELED when a cancel or the timeout
+    /// stopped it), timings, ClickHouse query_id and error; `result: true` marks the
+    /// statement whose rows are stored. Absent for a single statement.
+    pub steps: Option<Vec<crate::job::Step>>,
+    /// Percent of ClickHouse's row estimate read so far (0 to 100), when it has one;
+    /// 100 once SUCCEEDED.
+    pub percent: Option<f64>,
+    /// While PENDING and runnable (`GET /v1/executions/{id}` only): its place among its
+    /// tenant's runnable executions on the tier, 1 = next.
+    pub queue_position: Option<i64>,
+    /// While PENDING (`GET /v1/executions/{id}` only): a rough start time, from the
+    /// tier's recent run times and how many run at once now; never before `run_after`.
+    pub estimated_start: Option<DateTime<Utc>>,
+    /// `GET /v1/executions/{id}` only: the mean run time in seconds of the tenant's last
+    /// 20 successful runs of the same statement (dedup hash), if any.
+    pub estimated_duration_seconds: Option<f64>,
+    /// Where its end is POSTed.
+    pub callback_url: Option<String>,
+    /// `GET /v1/executions/{id}` only, once it ended: the webhook's delivery and each
+    /// attempt.
+    pub webhook: Option<crate::store::webhooks::Delivery>,
+}
+
+impl ExecutionView {
+    /// With the estimates the single-execution answers carry.
+    pub fn with_estimates(mut self, e: crate::store::read::Estimates) -> ExecutionView {
+        self.queue_position = e.queue_position;
+        self.estimated_start = e.estimated_start;
+        self.estimated_duration_seconds = e.estimated_duration_ms.map(|ms| ms.round() / 1000.0);
+        self
+    }
+}
+
+/// Percent of the row estimate read, to a tenth; 100 once SUCCEEDED.
+fn percent(e: &Execution) -> Option<f64> {
+    match (&e.status, &e.progress) {
+        (Status::Succeeded, _) => Some(100.0),
+        (_, Some(p)) if p.0.total_rows_approx > 0 => {
+            let read = p.0.read_rows as f64 / p.0.total_rows_approx as f64;
+            Some(((read * 1000.0).round() / 10.0).min(100.0))
+        }
+        _ => None,
+    }
 }
 
 impl From<Execution> for ExecutionView {
     fn from(e: Execution) -> Self {
+        let percent = percent(&e);
         let result = e.result.map(|r| {
             let r = r.0;
             ResultView {
@@ -176,6 +413,8 @@ impl From<Execution> for ExecutionView {
                 rows: r.rows,
                 columns: r.columns,
                 url: format!("/v1/executions/{}/result", e.id),
+                inline: None,
+                inline_status: None,
             }
         });
         ExecutionView {
@@ -206,6 +445,19 @@ impl From<Execution> for ExecutionView {
             group_id: e.group_id,
             retention_seconds: e.retention_ms.map(|ms| (ms / 1000) as u64),
             from_result: e.from_result,
+            percent,
+            callback_url: e.callback_url,
+            webhook: None,
+            queue_position: None,
+            estimated_start: None,
+            estimated_duration_seconds: None,
+            steps: e.job.map(|j| {
+                let mut job = j.0;
+                if e.status.is_terminal() {
+                    job.settle(e.status == Status::Canceled);
+                }
+                job.steps
+            }),
         }
     }
 }
@@ -227,6 +479,8 @@ pub enum SubmitOutcome {
     Created,
     Collapsed,
     Superseded,
+    /// A recent result of the same statement (`max_age`): nothing runs.
+    Reused,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -266,6 +520,12 @@ pub struct TierView {
     pub client_settings: BTreeMap<String, crate::config::Bounds>,
     /// Seconds a result is kept after the execution SUCCEEDED.
     pub result_retention_seconds: u64,
+    /// The principal's tenant's PENDING executions on this tier now.
+    pub pending: i64,
+    /// Its RUNNING executions on this tier now.
+    pub running: i64,
+    /// Age in seconds of its oldest PENDING execution here, if any.
+    pub oldest_pending_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -277,8 +537,10 @@ pub struct TierList {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResultUrlRequest {
-    /// Validity in seconds; `results.link_ttl` when absent, at most `results.link_max_ttl`.
-    #[serde(default)]
+    /// Validity in seconds; `results.link_ttl` when absent, at most
+    /// `results.link_max_ttl` (86,400 by default).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub expires_in: Option<u64>,
 }
 
@@ -313,12 +575,17 @@ pub struct TaskSubmitRequest {
     /// Tier to run on; the task's, or the principal's default, when absent.
     #[serde(default)]
     pub tier: Option<String>,
+    /// Dedup key (see `SubmitRequest`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub query_id: Option<String>,
     /// Output format; the task's, or `JSONEachRow`, when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Format>)]
     pub format: Option<String>,
-    #[serde(default)]
+    /// 0 (default) to 9.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i16>,
     /// ClickHouse settings for this run; only those the tier allows.
     #[serde(default)]
@@ -327,14 +594,29 @@ pub struct TaskSubmitRequest {
     /// Not started before this instant (RFC 3339, e.g. `2026-12-01T06:00:00Z`); at once
     /// when absent or past. A PENDING execution shows it as `runnable_at`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub run_after: Option<String>,
     /// Runs before it fails for good (1 to the tier's `max_attempts`, the default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1)]
     pub max_attempts: Option<i32>,
     /// How long the result is kept once finished, e.g. `"1h"` (up to the tier's
     /// retention, the default).
     #[serde(default)]
     pub retention: Option<String>,
+    /// Longest run, e.g. `"30s"` (up to the tier's `max_timeout`): past it the query is
+    /// killed and the execution FAILS with `TIMEOUT`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Longest wait for a worker once runnable, e.g. `"5m"`: past it a PENDING
+    /// execution FAILS with `NOT_STARTED_IN_TIME`.
+    #[serde(default)]
+    pub start_within: Option<String>,
+    /// Reuse: when this tenant has a SUCCEEDED, unexpired execution of the same
+    /// query_id and statement that finished within this long (e.g. `"10m"`), it is
+    /// returned (`outcome: "reused"`) and nothing runs.
+    #[serde(default)]
+    pub max_age: Option<String>,
 }
 
 /// One argument of a task.
@@ -373,13 +655,15 @@ pub struct GroupRequest {
     /// Idempotency key, unique per tenant: a group whose key exists is returned as it
     /// is (200) instead of being created again.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub group_id: Option<String>,
     /// Members in flight at once, at least 1.
+    #[schema(minimum = 1)]
     pub concurrency: u32,
     /// The members, 1 to 1,000: each the JSON body of `POST /v1/executions`, or a saved
     /// report, `{"task": "name", "args": [...]}` with the options of
     /// `POST /v1/tasks/{name}/executions`. They run in order of priority, then as given.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
     pub executions: Vec<serde_json::Value>,
 }
 
@@ -416,4 +700,53 @@ pub struct GroupView {
 pub struct GroupResponse {
     pub outcome: GroupOutcome,
     pub group: GroupView,
+}
+
+/// `POST /v1/executions/search`: the latest execution of each query_id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// 1 to 1,000 query_ids.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub query_ids: Vec<String>,
+    /// Only executions with this status (the latest such one of each query_id).
+    #[serde(default)]
+    #[schema(value_type = Option<Status>)]
+    pub status: Option<String>,
+    /// At most this many executions, in the order of `query_ids` (all when absent).
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// The latest execution of each query_id that has one, in the order asked.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchResult {
+    pub executions: Vec<ExecutionView>,
+}
+
+/// The answer to `POST /v1/executions?dry_run=true`: what the tier's ClickHouse says
+/// of the statement; nothing is queued.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DryRunResult {
+    /// Whether the tier's ClickHouse accepted the statement.
+    pub valid: bool,
+    pub tier: String,
+    /// How it was checked: `describe` (a SELECT: the result's columns), `explain`
+    /// (another statement, parsed and analysed by `EXPLAIN AST`), or `none` (a server
+    /// without EXPLAIN cannot check it without running it).
+    pub checked: String,
+    /// The result's columns (`describe` only).
+    pub columns: Option<Vec<Column>>,
+    /// ClickHouse's error, when it refused the statement.
+    pub error: Option<ErrorInfo>,
+}
+
+/// The 200 answer of a submit: the execution (collapsed or reused), or with
+/// `dry_run=true` what the tier's ClickHouse said of the statement.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SubmitAnswer {
+    Submitted(Box<SubmitResponse>),
+    DryRun(DryRunResult),
 }

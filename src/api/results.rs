@@ -17,25 +17,27 @@ use axum::response::Response;
 use super::ApiContext;
 use super::error::{ApiError, ErrorBody};
 use super::executions::parse_id;
-use super::model::{ResultUrlRequest, ResultUrlView, SignedLinkParams};
+use super::model::{ResultUrlRequest, ResultUrlView, RowParams, SignedLinkParams};
 use crate::auth::{LinkError, Principal, unix_now};
 use crate::execution::{Execution, ResultMeta, Status};
 
 /// Download the result of a SUCCEEDED execution.
 #[utoipa::path(
     get,
-    path = "/v1/executions/{id}/result",
+    path = "/v1/executions/{id}/result", operation_id = "download_result",
     tag = "executions",
     params(
-        ("id" = String, Path, description = "Execution id"),
+        ("id" = Uuid, Path, description = "Execution id"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
+        RowParams,
     ),
     responses(
         (status = 200, description = "The result, in the execution's format"),
         (status = 206, description = "The requested range"),
+        (status = 400, description = "A bad page (row_limit out of range)", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
-        (status = 409, description = "Not SUCCEEDED (yet)", body = ErrorBody),
+        (status = 409, description = "Not SUCCEEDED (yet), or a page of a format without a row per line (`not_pageable`)", body = ErrorBody),
         (status = 410, description = "Expired", body = ErrorBody),
         (status = 416, description = "Range outside the result", body = ErrorBody),
     ),
@@ -45,22 +47,51 @@ pub async fn download(
     State(ctx): State<ApiContext>,
     principal: Principal,
     Path(id): Path<String>,
+    params: Result<Query<RowParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(rows) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let execution = visible(&ctx, &principal, &id).await?;
     let meta = stored_result(execution)?;
-    serve(&ctx, meta, &headers).await
+    if rows.row_offset.is_none() && rows.row_limit.is_none() {
+        return serve(&ctx, meta, &headers).await;
+    }
+    // A page is rows, not bytes: a Range beside it is ignored, as RFC 9110 allows.
+    let offset = u64::try_from(rows.row_offset.unwrap_or(0))
+        .map_err(|_| ApiError::bad_request("invalid_query", "row_offset must be 0 or more"))?;
+    let limit = rows.row_limit.unwrap_or(MAX_PAGE_ROWS);
+    if !(1..=MAX_PAGE_ROWS).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("row_limit must be between 1 and {MAX_PAGE_ROWS}"),
+        ));
+    }
+    let stream = super::pages::page(&ctx.results, &meta, offset, limit).await?;
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(meta.format.content_type()),
+    );
+    if let Some(total) = meta.rows {
+        h.insert("x-sluice-total-rows", header_value(&total.to_string()));
+    }
+    h.insert("x-sluice-row-offset", header_value(&offset.to_string()));
+    Ok(response)
 }
+
+/// Most rows one page may ask for.
+const MAX_PAGE_ROWS: u64 = 100_000;
 
 /// A link to the result that works without credentials until it expires.
 #[utoipa::path(
     post,
-    path = "/v1/executions/{id}/result-url",
+    path = "/v1/executions/{id}/result-url", operation_id = "create_result_url",
     tag = "executions",
-    params(("id" = String, Path, description = "Execution id")),
+    params(("id" = Uuid, Path, description = "Execution id")),
     request_body(content = Option<ResultUrlRequest>, content_type = "application/json"),
     responses(
-        (status = 200, body = ResultUrlView),
+        (status = 200, description = "A link that downloads the result until it expires", body = ResultUrlView),
         (status = 400, description = "Expiry out of range", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 404, description = "No such execution (or another tenant's)", body = ErrorBody),
@@ -79,9 +110,7 @@ pub async fn result_url(
     let request: ResultUrlRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ResultUrlRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("malformed JSON body: {e}"))
-        })?
+        super::executions::parse_json(&body)?
     };
     let links = &ctx.config.results;
     let ttl = match request.expires_in {
@@ -124,9 +153,9 @@ pub async fn result_url(
 /// signature is the credential.
 #[utoipa::path(
     get,
-    path = "/v1/results/{id}",
+    path = "/v1/results/{id}", operation_id = "download_signed_result",
     tag = "executions",
-    params(("id" = String, Path, description = "Execution id"), SignedLinkParams),
+    params(("id" = Uuid, Path, description = "Execution id"), SignedLinkParams),
     responses(
         (status = 200, description = "The result, in the execution's format"),
         (status = 206, description = "The requested range"),
@@ -314,6 +343,44 @@ fn parse_range(text: &str, size: u64) -> RangeRequest {
     } else {
         RangeRequest::Satisfiable(range)
     }
+}
+
+/// Puts a SUCCEEDED execution's result inside its answer (`?inline=true`) when it is
+/// text of at most `api.inline_max_bytes`, or says why not. Reads at most that many
+/// bytes from the result store.
+pub(super) async fn inline(
+    ctx: &ApiContext,
+    execution: &crate::execution::Execution,
+    view: &mut super::model::ExecutionView,
+) -> Result<(), ApiError> {
+    use super::model::InlineStatus;
+    use futures::TryStreamExt;
+    let (Some(meta), Some(result)) = (execution.result.as_ref(), view.result.as_mut()) else {
+        return Ok(());
+    };
+    if execution.status != crate::execution::Status::Succeeded {
+        return Ok(());
+    }
+    let status = if !meta.format.is_text() {
+        InlineStatus::Binary
+    } else if meta.bytes > ctx.config.api.inline_max_bytes {
+        InlineStatus::TooLarge
+    } else {
+        let mut bytes = Vec::with_capacity(meta.bytes as usize);
+        let mut stream = ctx.results.read(&meta.object_key, None).await?;
+        while let Some(chunk) = stream.try_next().await? {
+            bytes.extend_from_slice(&chunk);
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                result.inline = Some(text);
+                InlineStatus::Included
+            }
+            Err(_) => InlineStatus::Binary,
+        }
+    };
+    result.inline_status = Some(status);
+    Ok(())
 }
 
 #[cfg(test)]

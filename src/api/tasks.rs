@@ -21,7 +21,7 @@ use crate::tasks::Task;
 
 /// The saved reports this principal may run (those on tiers it may use), with their
 /// arguments in positional order.
-#[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
+#[utoipa::path(get, path = "/v1/tasks", operation_id = "list_tasks", tag = "tasks",
     responses(
         (status = 200, description = "The saved reports", body = TaskList),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
@@ -61,7 +61,7 @@ pub async fn list(State(ctx): State<ApiContext>, principal: Principal) -> Json<T
 /// for the end, as on `POST /v1/executions`.
 #[utoipa::path(
     post,
-    path = "/v1/tasks/{name}/executions",
+    path = "/v1/tasks/{name}/executions", operation_id = "run_task",
     tag = "tasks",
     params(("name" = String, Path, description = "Task name"), GetParams),
     request_body(content = TaskSubmitRequest, content_type = "application/json"),
@@ -94,7 +94,7 @@ pub async fn submit(
     };
     let (request, task) = task_request(&ctx, &name, r)?;
     let new = validate(&ctx, &principal, request, Some(&task))?;
-    queue(&ctx, &principal, new, wait).await
+    queue(&ctx, &principal, new, wait, false).await
 }
 
 /// The submission a run of task `name` makes, with its arguments checked; and the
@@ -111,7 +111,10 @@ pub(super) fn task_request(
         .ok_or_else(|| ApiError::NotFound(format!("no task `{}`", name.escape_debug())))?;
     let parameters = arguments(task, r.args, r.parameters)?;
     let request = SubmitRequest {
-        sql: task.sql.clone(),
+        sql: super::model::SqlInput::One(task.sql.clone()),
+        onsuccess: None,
+        onerror: None,
+        callback_url: None,
         tier: r.tier.or_else(|| task.tier.clone()),
         query_id: r.query_id,
         format: r
@@ -123,6 +126,12 @@ pub(super) fn task_request(
         run_after: r.run_after,
         max_attempts: r.max_attempts,
         retention: r.retention,
+        timeout: r.timeout,
+        start_within: r.start_within,
+        max_age: r.max_age.or_else(|| {
+            task.max_age
+                .map(|a| humantime::format_duration(a).to_string())
+        }),
         from_result: None,
     };
     Ok((request, task.name.clone()))

@@ -173,6 +173,11 @@ fn hmac_sha256_matches(key: &[u8], message: &[u8], signature: &[u8]) -> bool {
     hmac_of(key, message).verify_slice(signature).is_ok()
 }
 
+/// Hex HMAC-SHA256 of `message` (webhook signatures).
+pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
+    hex::encode(hmac_of(key, message).finalize().into_bytes())
+}
+
 fn hmac_of(key: &[u8], message: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length; this cannot fail.
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)

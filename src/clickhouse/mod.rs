@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use crate::config::TierConfig;
-use crate::execution::{Column, Format};
+use crate::execution::{Column, ErrorCode, ErrorInfo, Format};
 pub use exception::{ServerException, Tail};
 pub use header::HeaderReader;
 
@@ -75,6 +75,23 @@ const TRANSIENT_CODES: &[i32] = &[
 const MEMORY_LIMIT_EXCEEDED: i32 = 241;
 
 impl EngineError {
+    /// What an execution records of this error.
+    pub fn info(self) -> ErrorInfo {
+        match self {
+            EngineError::Server(x) => ErrorInfo {
+                code: ErrorCode::ClickhouseError,
+                message: x.message,
+                clickhouse_code: x.code,
+            },
+            EngineError::Transport(m) | EngineError::Connect(m) => ErrorInfo::new(
+                ErrorCode::ClickhouseUnavailable,
+                format!("cannot reach ClickHouse: {m}"),
+            ),
+            EngineError::Unsupported(m) => ErrorInfo::new(ErrorCode::UnsupportedByServer, m),
+            EngineError::Protocol(m) => ErrorInfo::new(ErrorCode::ClickhouseProtocol, m),
+        }
+    }
+
     /// Whether the same query may succeed later: connection failures, an overloaded or
     /// restarting server, the server's (not the query's) memory limit. SQL errors and
     /// the query's own limits are final.
@@ -246,6 +263,9 @@ pub struct Query<'a> {
     pub quota_key: Option<&'a str>,
     /// A table sent along with the query (a follow-up query on a stored result).
     pub external: Option<&'a External<'a>>,
+    /// The ClickHouse session it runs in (a job's statements share one, so temporary
+    /// tables carry over); none for a single statement.
+    pub session: Option<&'a str>,
 }
 
 /// Opens the rows of an external table, once per request that sends them.
@@ -552,24 +572,13 @@ impl Endpoint {
         }
         // DESCRIBE's column set differs between versions; JSONEachRow lets us read
         // just the two we need.
-        let body = format!("DESCRIBE TABLE (\n{text}\n)");
-        let (_, bytes) = self
-            .on_any(|node| {
-                let body = &body;
-                async move {
-                    // An external table is described empty: its columns are all it needs.
-                    let response = self
-                        .send(node, body, None, "JSONEachRow", query, Data::Empty)
-                        .await?;
-                    let response = check_status(response).await?;
-                    response.bytes().await.map_err(EngineError::from_http)
-                }
-            })
-            .await
-            .map_err(|e| query.redact_error(e))?;
-        if let Some(e) = Tail::from_bytes(bytes.clone()).exception(None) {
-            return Err(query.redact_error(EngineError::Server(e)));
-        }
+        let bytes = self
+            .ask(
+                query,
+                &format!("DESCRIBE TABLE (\n{text}\n)"),
+                "JSONEachRow",
+            )
+            .await?;
         bytes
             .split(|&b| b == b'\n')
             .filter(|line| !line.is_empty())
@@ -582,6 +591,35 @@ impl Endpoint {
                     .map_err(|e| EngineError::Protocol(format!("DESCRIBE output: {e}")))
             })
             .collect()
+    }
+
+    /// Whether the server can parse `text` (the query without its FORMAT clause), asked
+    /// with `EXPLAIN AST` (servers from 20.x): nothing runs. Sent as the tier's user with
+    /// the tier's settings.
+    pub async fn explain(&self, query: Query<'_>, text: &str) -> Result<(), EngineError> {
+        self.ask(query, &format!("EXPLAIN AST\n{text}"), "TabSeparated")
+            .await
+            .map(drop)
+    }
+
+    /// A small answer to `body`, sent with `query`'s settings, parameters and external
+    /// table (described empty: a control statement needs its columns only), or the
+    /// server's error (redacted).
+    async fn ask(&self, query: Query<'_>, body: &str, format: &str) -> Result<Bytes, EngineError> {
+        let (_, bytes) = self
+            .on_any(|node| async move {
+                let response = self
+                    .send(node, body, None, format, query, Data::Empty)
+                    .await?;
+                let response = check_status(response).await?;
+                response.bytes().await.map_err(EngineError::from_http)
+            })
+            .await
+            .map_err(|e| query.redact_error(e))?;
+        match Tail::from_bytes(bytes.clone()).exception(None) {
+            Some(e) => Err(query.redact_error(EngineError::Server(e))),
+            None => Ok(bytes),
+        }
     }
 
     /// Starts the query and returns the streaming response once ClickHouse has answered
@@ -695,6 +733,9 @@ impl Endpoint {
         if let Some(db) = &self.database {
             params.push(("database".into(), db.clone()));
         }
+        if let Some(session) = query.session {
+            params.push(("session_id".into(), session.into()));
+        }
         if let Some(q) = query.quota_key.filter(|_| self.send_quota_key) {
             params.push(("quota_key".into(), q.into()));
         }
@@ -770,6 +811,7 @@ impl Endpoint {
             inline_parameters: false,
             quota_key: None,
             external: None,
+            session: None,
         };
         // The user must be able to run something at all with the tier's settings.
         self.run_as_tier_user(plain("SELECT 1")).await?;
@@ -866,16 +908,24 @@ impl Endpoint {
     }
 
     /// Stops one query on every URL of the tier and waits until the servers have
-    /// stopped it. Never broader than one query_id: other clients' queries share the
-    /// servers. Fails only if no URL could be asked.
+    /// stopped it: the query `query_id`, or a step of a job's attempt
+    /// (`<query_id>-<step>`, see `worker::job`). Never broader than that: other clients'
+    /// queries share the servers. Fails only if no URL could be asked.
     pub async fn kill(&self, query_id: &str) -> Result<(), EngineError> {
         let mut answered = false;
         let mut last = None;
         for node in self.nodes.iter() {
             let killed = timeout(
                 node.control
-                    .query("KILL QUERY WHERE query_id = ? SYNC")
+                    .query("KILL QUERY WHERE query_id = ? OR query_id LIKE ? SYNC")
                     .bind(query_id)
+                    .bind(format!(
+                        "{}-%",
+                        query_id
+                            .replace('\\', "\\\\")
+                            .replace('%', "\\%")
+                            .replace('_', "\\_")
+                    ))
                     .execute(),
             )
             .await;
@@ -1087,6 +1137,23 @@ mod tests {
         })
     }
 
+    /// The README's list, exactly: each of these is retried, and the codes around them
+    /// (and the query's own limits) are not.
+    #[test]
+    fn the_retry_code_list_is_the_readme_s() {
+        for code in [202, 203, 209, 210, 242, 319, 999] {
+            assert!(server(code, "x").is_transient(), "{code} must be retried");
+        }
+        for code in [201, 204, 208, 211, 241, 243, 318, 320, 394, 159, 998, 1000] {
+            assert!(
+                !server(code, "x").is_transient(),
+                "{code} must not be retried"
+            );
+        }
+        assert!(server(241, "Memory limit (total) exceeded").is_transient());
+        assert!(!server(241, "Memory limit (for user) exceeded").is_transient());
+    }
+
     #[test]
     fn transient_errors_are_the_servers_not_the_querys() {
         assert!(EngineError::Transport("connection refused".into()).is_transient());
@@ -1123,6 +1190,7 @@ mod tests {
             inline_parameters: false,
             quota_key: None,
             external: None,
+            session: None,
         };
         let m = q.redact("Value hunter2secret cannot be parsed as UInt8");
         assert_eq!(m, "Value [redacted] cannot be parsed as UInt8");

@@ -610,6 +610,28 @@ fn heredoc_tag(b: &[u8], start: usize) -> Option<usize> {
     (b.get(i) == Some(&b'$')).then_some(i + 1)
 }
 
+/// `sql` with each `{name:Type}` replaced by its value in `parameters` as a typed
+/// literal (see `types::literal_from_param`), for servers without query parameters; or
+/// why it cannot be.
+pub fn inline_parameters(
+    sql: &str,
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> Result<String, String> {
+    let placeholders = placeholders(sql).map_err(|e| format!("the SQL cannot be read: {e}"))?;
+    let mut literals = std::collections::HashMap::new();
+    for p in &placeholders {
+        let Some(value) = parameters.get(&p.name) else {
+            return Err(format!("parameter `{}` has no value", p.name));
+        };
+        let literal = types::literal_from_param(&p.type_text, value)
+            .map_err(|e| format!("parameter `{}` cannot be inlined: {e}", p.name))?;
+        literals.insert(p.name.clone(), literal);
+    }
+    Ok(render(sql, &placeholders, |p| {
+        literals.get(&p.name).cloned().unwrap_or_default()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,3 +159,67 @@ impl Store {
         Ok(rows.into_iter().map(|(k,)| k).collect())
     }
 }
+
+/// An execution the bookkeeper failed for a time limit.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Overdue {
+    pub id: Uuid,
+    pub tier: String,
+    /// The attempt that was running (0 if it never started): its query must be killed.
+    pub attempt: i32,
+}
+
+impl Store {
+    /// Fails up to `batch` PENDING executions never started whose `start_deadline`
+    /// passed with NOT_STARTED_IN_TIME (a retry waiting for its backoff is not late).
+    pub async fn fail_not_started(&self, batch: i64) -> Result<Vec<Overdue>> {
+        let rows = sqlx::query_as::<_, Overdue>(
+            "UPDATE executions e SET status = 'FAILED', finished_at = now(), \
+                 error = jsonb_build_object('code', $2::text, 'message', \
+                     format('not started within %s of becoming runnable', \
+                            justify_interval(date_trunc('second', \
+                                e.start_deadline - e.run_after + interval '0.5 second')))) \
+             FROM ( \
+                 SELECT id FROM executions \
+                 WHERE status = 'PENDING' AND start_deadline < now() AND attempt = 0 \
+                 ORDER BY start_deadline LIMIT $1 \
+                 FOR UPDATE SKIP LOCKED) late \
+             WHERE e.id = late.id \
+             RETURNING e.id, e.tier, e.attempt",
+        )
+        .bind(batch)
+        .bind(ErrorCode::NotStartedInTime.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Fails up to `batch` RUNNING executions whose attempt has run `grace` longer than
+    /// its `timeout_ms` (its worker should have stopped it: it is hung, or cut off from
+    /// ClickHouse) with TIMEOUT. The caller kills their queries.
+    pub async fn fail_timed_out(&self, grace: Duration, batch: i64) -> Result<Vec<Overdue>> {
+        let rows = sqlx::query_as::<_, Overdue>(
+            "UPDATE executions e SET status = 'FAILED', finished_at = now(), \
+                 lease_expires_at = NULL, \
+                 error = jsonb_build_object('code', $3::text, 'message', \
+                     format('ran longer than its timeout of %s ms', e.timeout_ms)) \
+             FROM ( \
+                 SELECT id FROM executions \
+                 WHERE status = 'RUNNING' AND timeout_ms IS NOT NULL \
+                   AND started_at + (timeout_ms + $2) * interval '1 millisecond' < now() \
+                 ORDER BY started_at LIMIT $1 \
+                 FOR UPDATE SKIP LOCKED) late \
+             WHERE e.id = late.id \
+             RETURNING e.id, e.tier, e.attempt",
+        )
+        .bind(batch)
+        .bind(millis(grace))
+        .bind(ErrorCode::Timeout.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            self.notify(Channel::Cancel, &row.id.to_string()).await;
+        }
+        Ok(rows)
+    }
+}

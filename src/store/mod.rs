@@ -24,6 +24,7 @@ pub mod notify;
 pub mod queue;
 pub mod read;
 pub mod submit;
+pub mod webhooks;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

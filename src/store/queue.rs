@@ -18,7 +18,9 @@
 //!   caps the claim is one statement and workers never wait for each other.
 //! - **Scheduled and held rows wait**: a row is runnable once `run_after` has passed
 //!   (a client's `run_after`, or a retry's backoff) and unless it is a held group member
-//!   (see `groups`: a trigger releases one as a member of its group ends).
+//!   (see `groups`: a trigger releases one as a member of its group ends); one never
+//!   started and past its `start_deadline` is left for the bookkeeper to fail (a retry
+//!   is not held to it).
 //! - **Every later write is fenced** by [`Fence`]: `id`, `attempt`, `worker_id` and
 //!   `status = 'RUNNING'`. A worker whose lease was reclaimed, or whose execution was
 //!   canceled or superseded, updates zero rows and learns that it must stop.
@@ -126,6 +128,7 @@ const CLAIM: &str = "WITH RECURSIVE tenants(tenant) AS ( \
                      FROM executions e \
                      WHERE e.status = 'PENDING' AND e.tier = $1 AND e.tenant = l.tenant \
                        AND e.run_after <= now() AND NOT e.held \
+                       AND (e.start_deadline IS NULL OR e.start_deadline > now() OR e.attempt > 0) \
                      ORDER BY e.priority DESC, e.id \
                      LIMIT least({limit}, greatest(1, 2 * (coalesce(level.m, 0) - l.running)))) c \
                  WHERE c.max_running IS NULL OR l.running + c.rank <= c.max_running), \
@@ -239,17 +242,37 @@ impl Store {
             .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
     }
 
-    /// RUNNING -> FAILED; the error joins the attempt history.
-    pub async fn fail(&self, fence: &Fence, error: &ErrorInfo) -> Result<bool> {
+    /// RUNNING -> FAILED with the statistics of how far it got; the error joins the
+    /// attempt history.
+    pub async fn fail(
+        &self,
+        fence: &Fence,
+        error: &ErrorInfo,
+        progress: &Progress,
+    ) -> Result<bool> {
         let done = fenced(
             "UPDATE executions SET status = 'FAILED', finished_at = now(), \
-                 lease_expires_at = NULL, error = $4, \
+                 lease_expires_at = NULL, error = $4, progress = $5, \
                  attempts = attempts || jsonb_build_array(jsonb_build_object( \
                      'attempt', attempt, 'worker_id', worker_id, 'at', now(), 'error', $4)) \
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
             fence,
         )
         .bind(sqlx::types::Json(error))
+        .bind(Json(progress))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records the steps of a RUNNING job as they start and end.
+    pub async fn record_job(&self, fence: &Fence, job: &crate::job::Job) -> Result<bool> {
+        let done = fenced(
+            "UPDATE executions SET job = $4 \
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND status = 'RUNNING'",
+            fence,
+        )
+        .bind(Json(job))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

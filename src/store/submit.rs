@@ -13,6 +13,10 @@
 //!   coalesced after the commit (see `notify`: a NOTIFY in a transaction serializes its
 //!   commit with the others').
 //!
+//! Reuse: with `max_age`, a SUCCEEDED execution of the same tenant, query_id and hash
+//! that finished within it is returned as it is ([`Submitted::Reused`]) before any of
+//! the above.
+//!
 //! Queue cap: when `max_queued` is set, a submit that would add a PENDING row while the
 //! tenant already has that many on the tier is refused ([`Submitted::QueueFull`]). The
 //! count and the insert run in one transaction under an advisory lock of
@@ -50,9 +54,11 @@ macro_rules! insert_execution {
     () => {
         "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, sql, \
          format, settings, priority, max_attempts, parameters, quota_key, max_running, task, \
-         run_after, retention_ms, from_result, group_id, held) \
+         run_after, retention_ms, from_result, group_id, held, timeout_ms, start_deadline, job, \
+         callback_url) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 coalesce($16, now()), $17, $18, $19, $20)"
+                 coalesce($16, now()), $17, $18, $19, $20, $21, \
+                 coalesce($16, now()) + $22 * interval '1 millisecond', $23, $24)"
     };
 }
 
@@ -121,6 +127,16 @@ pub struct NewExecution {
     pub retention_ms: Option<i64>,
     /// The execution whose stored result it queries.
     pub from_result: Option<Uuid>,
+    /// Longest run of one attempt.
+    pub timeout_ms: Option<i64>,
+    /// How long it may wait for a worker after it becomes runnable (`run_after`).
+    pub start_within_ms: Option<i64>,
+    /// Reuse a SUCCEEDED execution of the same query_id and hash this recent.
+    pub max_age_ms: Option<i64>,
+    /// The plan of a multi-statement job.
+    pub job: Option<crate::job::Job>,
+    /// Where its end is POSTed (see `store::webhooks`).
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug)]
@@ -133,6 +149,9 @@ pub enum Submitted {
         execution: Execution,
         superseded: Uuid,
     },
+    /// A recent enough SUCCEEDED execution of the same query_id and statement: it,
+    /// and nothing runs (`max_age`).
+    Reused(Execution),
     /// The tenant already has `cap` PENDING executions on this tier.
     QueueFull {
         cap: i64,
@@ -144,6 +163,11 @@ const MAX_RACES: usize = 20;
 
 impl Store {
     pub async fn submit(&self, new: &NewExecution) -> Result<Submitted> {
+        if let Some(max_age) = new.max_age_ms
+            && let Some(recent) = self.recent_success(new, max_age).await?
+        {
+            return Ok(Submitted::Reused(recent));
+        }
         let _in_flight = InFlight::enter(&self.submits);
         let alone = _in_flight.alone;
         for _ in 0..MAX_RACES {
@@ -174,7 +198,7 @@ impl Store {
                     "WITH ins AS (",
                     insert_or_collapse!(),
                     ") SELECT ins.*, CASE WHEN ins.inserted \
-                         THEN pg_notify($21, ins.tier) IS NULL END AS notified FROM ins"
+                         THEN pg_notify($25, ins.tier) IS NULL END AS notified FROM ins"
                 );
                 bind_new(sqlx::query(sql), id, new).bind(Channel::Work.name())
             } else {
@@ -218,6 +242,28 @@ impl Store {
             }
         }
         Err(StoreError::Contention(new.query_id.clone()))
+    }
+
+    /// The newest SUCCEEDED execution of `new`'s tenant, query_id and hash (the same
+    /// statement, tier, format, settings and parameters) that finished within
+    /// `max_age_ms` and has not expired.
+    async fn recent_success(
+        &self,
+        new: &NewExecution,
+        max_age_ms: i64,
+    ) -> Result<Option<Execution>> {
+        Ok(sqlx::query_as::<_, Execution>(
+            "SELECT * FROM executions \
+             WHERE tenant = $1 AND query_id = $2 AND query_hash = $3 AND status = 'SUCCEEDED' \
+               AND finished_at > now() - $4 * interval '1 millisecond' \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&new.tenant)
+        .bind(&new.query_id)
+        .bind(&new.query_hash)
+        .bind(max_age_ms)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Takes the (tenant, tier) queue lock for the rest of `tx` and says whether `new`
@@ -302,7 +348,7 @@ async fn supersede(
     )))
 }
 
-/// Binds `$1..$20` of `insert_execution!()` for `new` with id `id`, outside any group.
+/// Binds `$1..$24` of `insert_execution!()` for `new` with id `id`, outside any group.
 fn bind_new<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -311,7 +357,7 @@ fn bind_new<'q>(
     bind_member(query, id, new, None, false)
 }
 
-/// Binds `$1..$20` of `insert_execution!()` for `new` with id `id`, a member of `group` (`held`
+/// Binds `$1..$24` of `insert_execution!()` for `new` with id `id`, a member of `group` (`held`
 /// when it must wait for a place).
 pub(super) fn bind_member<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -345,4 +391,8 @@ pub(super) fn bind_member<'q>(
         .bind(new.from_result)
         .bind(group)
         .bind(held)
+        .bind(new.timeout_ms)
+        .bind(new.start_within_ms)
+        .bind(new.job.as_ref().map(sqlx::types::Json))
+        .bind(new.callback_url.as_deref())
 }

@@ -23,6 +23,7 @@
 
 mod binary_rows;
 mod columns;
+mod job;
 mod rows;
 mod run;
 
@@ -85,7 +86,7 @@ impl WorkerStats {
     fn record(&self, outcome: &str) {
         let counter = match outcome {
             "succeeded" => &self.succeeded,
-            "failed" => &self.failed,
+            "failed" | "timed_out" => &self.failed,
             "canceled" => &self.canceled,
             "lost" => &self.lost,
             "retried" => &self.retried,

@@ -8,7 +8,7 @@
 //! rather than guessed.
 
 use super::binary_rows::{ArrowCounter, parquet_rows};
-use crate::execution::RowCounting;
+use crate::execution::{RowCounting, RowIndex};
 
 #[derive(Debug)]
 pub struct RowCounter {
@@ -16,10 +16,21 @@ pub struct RowCounter {
     newlines: u64,
     in_quotes: bool,
     arrow: Option<ArrowCounter>,
+    /// Bytes fed so far.
+    offset: u64,
+    /// Line formats: where every `stride`-th row starts.
+    index: Option<RowIndex>,
+    header_lines: u64,
 }
 
 impl RowCounter {
     pub fn new(mode: RowCounting) -> RowCounter {
+        let header_lines = match mode {
+            RowCounting::Lines { header_lines } | RowCounting::CsvLines { header_lines } => {
+                Some(header_lines)
+            }
+            _ => None,
+        };
         RowCounter {
             mode,
             newlines: 0,
@@ -28,24 +39,34 @@ impl RowCounter {
                 RowCounting::ArrowMessages { file } => Some(ArrowCounter::new(file)),
                 _ => None,
             },
+            offset: 0,
+            index: header_lines.map(|h| RowIndex {
+                stride: RowIndex::FIRST_STRIDE,
+                offsets: if h == 0 { vec![0] } else { Vec::new() },
+            }),
+            header_lines: header_lines.unwrap_or(0),
         }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
         match self.mode {
             RowCounting::Lines { .. } => {
-                self.newlines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+                for pos in memchr::memchr_iter(b'\n', chunk) {
+                    self.line_end(pos);
+                }
             }
             RowCounting::CsvLines { .. } => {
                 if !self.in_quotes && memchr::memchr(b'"', chunk).is_none() {
-                    self.newlines += memchr::memchr_iter(b'\n', chunk).count() as u64;
-                    return;
-                }
-                for &b in chunk {
-                    match b {
-                        b'"' => self.in_quotes = !self.in_quotes,
-                        b'\n' if !self.in_quotes => self.newlines += 1,
-                        _ => {}
+                    for pos in memchr::memchr_iter(b'\n', chunk) {
+                        self.line_end(pos);
+                    }
+                } else {
+                    for (pos, &b) in chunk.iter().enumerate() {
+                        match b {
+                            b'"' => self.in_quotes = !self.in_quotes,
+                            b'\n' if !self.in_quotes => self.line_end(pos),
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -59,6 +80,33 @@ impl RowCounter {
             | RowCounting::ParquetFooter
             | RowCounting::Unknown => {}
         }
+        self.offset += chunk.len() as u64;
+    }
+
+    /// A row (or header line) ended at byte `pos` of the current chunk: the next row
+    /// starts after it; every `stride`-th such start is indexed.
+    fn line_end(&mut self, pos: usize) {
+        self.newlines += 1;
+        let Some(index) = self.index.as_mut() else {
+            return;
+        };
+        let Some(row) = self.newlines.checked_sub(self.header_lines) else {
+            return;
+        };
+        // Strides are powers of two.
+        if row & (index.stride - 1) == 0 && row / index.stride == index.offsets.len() as u64 {
+            index.offsets.push(self.offset + pos as u64 + 1);
+            if index.offsets.len() >= RowIndex::MAX_ENTRIES {
+                let kept: Vec<u64> = index.offsets.iter().step_by(2).copied().collect();
+                index.offsets = kept;
+                index.stride *= 2;
+            }
+        }
+    }
+
+    /// Where rows start (line formats), once all bytes are fed.
+    pub fn index(&mut self) -> Option<RowIndex> {
+        self.index.take()
     }
 
     /// The row count, given the last bytes of the stream (for `"rows": N`).
@@ -92,6 +140,47 @@ fn number_after(tail: &[u8], key: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indexes_where_rows_start() {
+        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 1 });
+        let mut text = b"h\n".to_vec();
+        for i in 0..5000 {
+            text.extend_from_slice(format!("{i}\n").as_bytes());
+        }
+        // Fed in uneven pieces: offsets are absolute.
+        for piece in text.chunks(777) {
+            c.feed(piece);
+        }
+        let index = c.index().unwrap();
+        assert_eq!(index.stride, RowIndex::FIRST_STRIDE);
+        assert_eq!(index.offsets.len(), 5);
+        for (i, &at) in index.offsets.iter().enumerate() {
+            let row = i as u64 * index.stride;
+            let line = text[at as usize..].split(|&b| b == b'\n').next().unwrap();
+            assert_eq!(line, row.to_string().as_bytes(), "entry {i}");
+        }
+    }
+
+    #[test]
+    fn the_index_stays_small() {
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 0 });
+        let rows = RowIndex::FIRST_STRIDE * RowIndex::MAX_ENTRIES as u64 * 3;
+        let chunk = b"1\n".repeat(4096);
+        for _ in 0..rows / 4096 {
+            c.feed(&chunk);
+        }
+        let index = c.index().unwrap();
+        assert!(index.offsets.len() < RowIndex::MAX_ENTRIES);
+        assert_eq!(index.stride, RowIndex::FIRST_STRIDE * 4);
+        assert!(
+            index
+                .offsets
+                .iter()
+                .enumerate()
+                .all(|(i, &o)| o == i as u64 * index.stride * 2)
+        );
+    }
 
     #[test]
     fn counts_lines_minus_headers() {

@@ -44,24 +44,38 @@ pub struct Signals {
 
 /// What the heartbeat shares with the attempt it keeps alive.
 #[derive(Clone)]
-struct Beacons {
+pub(super) struct Beacons {
     cancel: CancellationToken,
     lost: CancellationToken,
     result_bytes: Arc<AtomicU64>,
     last_progress: Arc<Mutex<Progress>>,
     /// The tier URL running the query, for progress.
     node: Arc<AtomicUsize>,
+    /// The ClickHouse query_id running now: progress reads it, a stop kills it (a
+    /// job's steps each have their own).
+    query_id: Arc<Mutex<String>>,
 }
 
 impl Beacons {
-    fn new(cancel: CancellationToken) -> Beacons {
+    fn new(cancel: CancellationToken, query_id: String) -> Beacons {
         Beacons {
             cancel,
             lost: CancellationToken::new(),
             result_bytes: Arc::default(),
             last_progress: Arc::default(),
             node: Arc::default(),
+            query_id: Arc::new(Mutex::new(query_id)),
         }
+    }
+
+    pub(super) fn set_query_id(&self, query_id: &str) {
+        if let Ok(mut q) = self.query_id.lock() {
+            query_id.clone_into(&mut q);
+        }
+    }
+
+    fn query_id(&self) -> String {
+        self.query_id.lock().map(|q| q.clone()).unwrap_or_default()
     }
 
     /// Folds the statistics ClickHouse sent with its headers into what was last seen:
@@ -95,6 +109,8 @@ enum Outcome {
     /// A transient failure with attempts left: runs again after a backoff.
     Retry(ErrorInfo),
     Canceled,
+    /// The attempt ran past the execution's `timeout`: killed, FAILED with TIMEOUT.
+    TimedOut(ErrorInfo),
     Lost,
     HandedBack,
 }
@@ -139,6 +155,7 @@ impl Outcome {
             Outcome::Failed(_) => "failed",
             Outcome::Retry(_) => "retried",
             Outcome::Canceled => "canceled",
+            Outcome::TimedOut(_) => "timed_out",
             Outcome::Lost => "lost",
             Outcome::HandedBack => "handed_back",
         }
@@ -147,23 +164,23 @@ impl Outcome {
     fn interrupted(&self) -> bool {
         matches!(
             self,
-            Outcome::Canceled | Outcome::Lost | Outcome::HandedBack
+            Outcome::Canceled | Outcome::TimedOut(_) | Outcome::Lost | Outcome::HandedBack
         )
     }
 }
 
 /// Why producing a result failed.
-struct Failure {
-    error: ErrorInfo,
+pub(super) struct Failure {
+    pub(super) error: ErrorInfo,
     /// May not happen again (server, not query): retried while attempts remain.
-    transient: bool,
+    pub(super) transient: bool,
 }
 
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Failure {
         Failure {
             transient: e.is_transient(),
-            error: engine_error(e),
+            error: e.info(),
         }
     }
 }
@@ -198,29 +215,64 @@ impl Worker {
         let fence = Fence::of(&execution, &self.id);
         let query_id = execution.clickhouse_query_id();
         debug!(query_id, "running");
-        let beacons = Beacons::new(signals.cancel.clone());
+        let beacons = Beacons::new(signals.cancel.clone(), query_id.clone());
         let heartbeat = tokio::spawn(
             self.clone()
-                .heartbeat(fence.clone(), query_id.clone(), beacons.clone())
+                .heartbeat(fence.clone(), beacons.clone())
                 .in_current_span(),
         );
 
         let mut writer: Option<ResultWriter> = None;
+        let timeout = execution
+            .timeout_ms
+            .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64));
         let outcome = {
-            let work = self.produce(&execution, &query_id, &mut writer, &beacons);
+            let work = async {
+                match &execution.job {
+                    Some(_) => {
+                        self.run_job(&execution, &fence, &mut writer, &beacons)
+                            .await
+                    }
+                    None => {
+                        let parameters = parameters_of(&execution);
+                        let statement = Statement {
+                            sql: &execution.sql,
+                            parameters: &parameters,
+                            query_id: &query_id,
+                            session: None,
+                        };
+                        self.produce(&execution, statement, &mut writer, &beacons)
+                            .await
+                    }
+                }
+            };
+            let time_up = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = signals.cancel.cancelled() => Outcome::Canceled,
                 _ = beacons.lost.cancelled() => Outcome::Lost,
                 _ = signals.hand_back.cancelled() => Outcome::HandedBack,
+                _ = time_up => Outcome::TimedOut(ErrorInfo::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "ran longer than its timeout of {}; the query was killed",
+                        humantime::format_duration(timeout.unwrap_or_default())
+                    ),
+                )),
                 produced = work => Outcome::of(produced, &execution),
             }
         };
         heartbeat.abort();
-        if outcome.interrupted()
-            && let Err(e) = self.engine.kill(&query_id).await
-        {
-            warn!(query_id, error = %e, "KILL QUERY failed");
+        if outcome.interrupted() {
+            let query_id = beacons.query_id();
+            if let Err(e) = self.engine.kill(&query_id).await {
+                warn!(query_id, error = %e, "KILL QUERY failed");
+            }
         }
         if let Some(w) = writer.take() {
             w.abort().await;
@@ -259,7 +311,9 @@ impl Worker {
         let written = loop {
             let written = match outcome {
                 Outcome::Succeeded(meta) => self.store.complete(fence, meta, progress).await,
-                Outcome::Failed(error) => self.store.fail(fence, error).await,
+                Outcome::Failed(error) | Outcome::TimedOut(error) => {
+                    self.store.fail(fence, error, progress).await
+                }
                 Outcome::Retry(error) => {
                     let delay = self.retry_delay(fence.attempt);
                     self.store.retry(fence, error, delay).await
@@ -312,7 +366,7 @@ impl Worker {
             ),
             Err(e) => warn!(outcome = label, error = %e, "could not record the outcome"),
         }
-        if let Outcome::Failed(e) | Outcome::Retry(e) = outcome {
+        if let Outcome::Failed(e) | Outcome::Retry(e) | Outcome::TimedOut(e) = outcome {
             info!(
                 code = e.code.as_str(),
                 clickhouse_code = e.clickhouse_code,
@@ -322,38 +376,26 @@ impl Worker {
         }
     }
 
-    /// Runs the query and stores its result. Leaves an unfinished writer in `writer` so
-    /// the caller can abort it whatever happens, including when this future is dropped.
-    async fn produce(
+    /// Runs the statement and stores its result. Leaves an unfinished writer in `writer`
+    /// so the caller can abort it whatever happens, including when this future is
+    /// dropped.
+    pub(super) async fn produce(
         &self,
         execution: &Execution,
-        query_id: &str,
+        run: Statement<'_>,
         writer: &mut Option<ResultWriter>,
         beacons: &Beacons,
     ) -> Result<ResultMeta, Failure> {
         let format = execution.format;
-        let no_parameters = Default::default();
-        let parameters = execution
-            .parameters
-            .as_ref()
-            .map_or(&no_parameters, |p| &p.0.0);
+        let parameters = run.parameters;
+        let query_id = run.query_id;
         // Validated at submit; a row queued by an older release may not be, and is sent
         // as it is.
-        let statement = sql::analyze(&execution.sql).ok();
-        let body = statement
-            .as_ref()
-            .map_or(execution.sql.as_str(), |s| s.body());
+        let statement = sql::analyze(run.sql).ok();
+        let body = statement.as_ref().map_or(run.sql, |s| s.body());
         let server = self.engine.server().await?;
         server.check_format(format)?;
-        // A server without query parameters (18.x) gets the values as typed literals.
-        let inline = !parameters.is_empty() && server.check_parameters().is_err();
-        let inlined;
-        let sql_text = if inline {
-            inlined = inline_parameters(body, parameters)?;
-            inlined.as_str()
-        } else {
-            body
-        };
+        let (sql_text, inline) = for_server(&server, body, parameters)?;
         // A follow-up query reads another execution's stored result as the table
         // `result`, streamed from the result store to ClickHouse.
         let source = match execution.from_result {
@@ -384,13 +426,14 @@ impl Worker {
             _ => None,
         };
         let query = Query {
-            sql: sql_text,
+            sql: &sql_text,
             format,
             settings: &execution.settings.0,
             parameters,
             inline_parameters: inline,
             quota_key: execution.quota_key.as_deref(),
             external: external.as_ref(),
+            session: run.session,
         };
 
         // Column metadata never fails an execution. None for statements without rows
@@ -408,7 +451,8 @@ impl Worker {
             .flatten();
         let learn = has_rows && known.is_none();
         let header = learn.then(|| HeaderReader::new(format)).flatten();
-        let describe_beside = learn && header.is_none();
+        // A session takes one request at a time: a job's DESCRIBE waits for its query.
+        let describe_beside = learn && header.is_none() && run.session.is_none();
         let key = self.results.key(execution.id, execution.attempt, format);
         let (described, streamed) = tokio::join!(
             async {
@@ -457,6 +501,7 @@ impl Worker {
             bytes,
             rows: streamed.rows,
             columns,
+            row_index: streamed.row_index,
         })
     }
 
@@ -501,6 +546,7 @@ impl Worker {
         step("clickhouse", started);
         Ok(Streamed {
             rows: rows.finish(&stream.tail()),
+            row_index: rows.index(),
             columns: header.and_then(HeaderReader::columns),
         })
     }
@@ -510,7 +556,12 @@ impl Worker {
     /// The failure of a query that ended with `e` on URL `node`: when the connection
     /// broke while it ran and the server then came back having restarted since `since`,
     /// the server most likely crashed on it: `SERVER_CRASHED` (see `Outcome::of`).
-    async fn broken(&self, e: EngineError, node: usize, since: std::time::SystemTime) -> Failure {
+    pub(super) async fn broken(
+        &self,
+        e: EngineError,
+        node: usize,
+        since: std::time::SystemTime,
+    ) -> Failure {
         if !matches!(e, EngineError::Transport(_)) {
             return e.into();
         }
@@ -544,18 +595,16 @@ impl Worker {
 
     /// Exponential backoff: `retry_backoff * 2^(attempt - 1)`, capped.
     fn retry_delay(&self, attempt: i32) -> std::time::Duration {
-        let exp = u32::try_from(attempt.saturating_sub(1))
-            .unwrap_or(0)
-            .min(20);
-        self.config
-            .retry_backoff
-            .saturating_mul(1 << exp)
-            .min(self.config.retry_backoff_max)
+        crate::outage::Backoff::after(
+            self.config.retry_backoff,
+            self.config.retry_backoff_max,
+            i64::from(attempt),
+        )
     }
 
     /// Renews the lease and records progress until aborted. Turns what it learns into
     /// the `cancel` and `lost` signals.
-    async fn heartbeat(self, fence: Fence, query_id: String, beacons: Beacons) {
+    async fn heartbeat(self, fence: Fence, beacons: Beacons) {
         let mut beat_log = crate::outage::OutageLog::new("heartbeat");
         let mut interval = tokio::time::interval(self.config.heartbeat);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -564,7 +613,7 @@ impl Worker {
             interval.tick().await;
             let stats = self
                 .engine
-                .progress(beacons.node.load(Ordering::Relaxed), &query_id)
+                .progress(beacons.node.load(Ordering::Relaxed), &beacons.query_id())
                 .await
                 .ok()
                 .flatten();
@@ -605,38 +654,50 @@ impl Worker {
 /// again, to tell a restart (crash) from a network failure.
 const CRASH_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// One statement to run: a single execution's, or a step of a job.
+#[derive(Clone, Copy)]
+pub(super) struct Statement<'a> {
+    pub sql: &'a str,
+    pub parameters: &'a std::collections::BTreeMap<String, String>,
+    pub query_id: &'a str,
+    pub session: Option<&'a str>,
+}
+
+/// The execution's query parameters (none once erased).
+pub(super) fn parameters_of(execution: &Execution) -> std::collections::BTreeMap<String, String> {
+    execution
+        .parameters
+        .as_ref()
+        .map(|p| p.0.0.clone())
+        .unwrap_or_default()
+}
+
 /// What streaming a result learned.
 struct Streamed {
     rows: Option<u64>,
+    /// Where rows start (line formats).
+    row_index: Option<crate::execution::RowIndex>,
     /// From the format's header; `None` when it has none or it could not be read.
     columns: Option<Vec<Column>>,
 }
 
-/// `sql` with each `{name:Type}` replaced by its value as a typed literal (see
-/// `sql::types::literal_from_param`).
-fn inline_parameters(
-    sql: &str,
+/// The text to send `server` for `body`, and whether its parameters are in it: a server
+/// without query parameters (18.x) gets the values as typed literals, any other the
+/// text as it is (the values then travel as `param_<name>`).
+pub(super) fn for_server<'a>(
+    server: &crate::clickhouse::ServerInfo,
+    body: &'a str,
     parameters: &std::collections::BTreeMap<String, String>,
-) -> Result<String, Failure> {
-    let unsupported = |why: String| {
+) -> Result<(std::borrow::Cow<'a, str>, bool), Failure> {
+    if parameters.is_empty() || server.check_parameters().is_ok() {
+        return Ok((std::borrow::Cow::Borrowed(body), false));
+    }
+    let text = sql::inline_parameters(body, parameters).map_err(|why| {
         Failure::from(EngineError::Unsupported(format!(
             "this server has no query parameters, and {why}"
         )))
-    };
-    let placeholders =
-        sql::placeholders(sql).map_err(|e| unsupported(format!("the SQL cannot be read: {e}")))?;
-    let mut literals = std::collections::HashMap::new();
-    for p in &placeholders {
-        let Some(value) = parameters.get(&p.name) else {
-            return Err(unsupported(format!("parameter `{}` has no value", p.name)));
-        };
-        let literal = sql::types::literal_from_param(&p.type_text, value)
-            .map_err(|e| unsupported(format!("parameter `{}` cannot be inlined: {e}", p.name)))?;
-        literals.insert(p.name.clone(), literal);
-    }
-    Ok(sql::render(sql, &placeholders, |p| {
-        literals[&p.name].clone()
-    }))
+    })?;
+    Ok((std::borrow::Cow::Owned(text), true))
 }
 
 /// The stored result a follow-up query reads.
@@ -696,21 +757,5 @@ impl Worker {
             format: meta.format,
             structure,
         })
-    }
-}
-
-fn engine_error(e: EngineError) -> ErrorInfo {
-    match e {
-        EngineError::Server(x) => ErrorInfo {
-            code: ErrorCode::ClickhouseError,
-            message: x.message,
-            clickhouse_code: x.code,
-        },
-        EngineError::Transport(m) | EngineError::Connect(m) => ErrorInfo::new(
-            ErrorCode::ClickhouseUnavailable,
-            format!("cannot reach ClickHouse: {m}"),
-        ),
-        EngineError::Unsupported(m) => ErrorInfo::new(ErrorCode::UnsupportedByServer, m),
-        EngineError::Protocol(m) => ErrorInfo::new(ErrorCode::ClickhouseProtocol, m),
     }
 }
