@@ -306,6 +306,15 @@ impl Format {
         }
     }
 
+    /// Whether every row is one line (after the header lines): the formats whose
+    /// results can be paged by rows and capped at `row_limit`/`byte_limit`.
+    pub fn one_row_per_line(self) -> bool {
+        matches!(
+            self.row_counting(),
+            RowCounting::Lines { .. } | RowCounting::CsvLines { .. }
+        )
+    }
+
     pub fn row_counting(self) -> RowCounting {
         use Format::*;
         match self {
@@ -370,6 +379,21 @@ impl fmt::Display for Format {
     }
 }
 
+/// Caps on what a worker stores of a result (`row_limit` and `byte_limit` on submit; line
+/// formats only): whole rows, at most `rows` of them and at most `bytes` bytes including
+/// the header lines. Past a cap the query is stopped and the result marked `truncated`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        self.rows.is_some() || self.bytes.is_some()
+    }
+}
+
 /// The dedup key Sluice derives when a client gives no `query_id`: a sha256 over
 /// everything that changes the result bytes. Settings are hashed in key order (a
 /// `BTreeMap`), so `{a,b}` and `{b,a}` collapse.
@@ -380,6 +404,7 @@ pub fn query_hash(
     settings: &BTreeMap<String, String>,
     parameters: &BTreeMap<String, String>,
     from_result: Option<Uuid>,
+    limits: Limits,
 ) -> String {
     let mut h = Sha256::new();
     // Length-prefix every field so no two different submissions serialize alike.
@@ -408,6 +433,15 @@ pub fn query_hash(
     if let Some(source) = from_result {
         field(b"from_result");
         field(source.as_bytes());
+    }
+    // A capped result is a different result (absent caps leave older hashes unchanged).
+    if let Some(rows) = limits.rows {
+        field(b"row_limit");
+        field(&rows.to_be_bytes());
+    }
+    if let Some(bytes) = limits.bytes {
+        field(b"byte_limit");
+        field(&bytes.to_be_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -529,6 +563,10 @@ pub struct ResultMeta {
     /// For line formats: where rows start, for paging (`?row_offset=&row_limit=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_index: Option<RowIndex>,
+    /// The query had more output than `row_limit`/`byte_limit` let through: what is
+    /// stored is its beginning, in whole rows.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// Where rows start in a stored line-format result, every `stride` rows: `offsets[i]` is
@@ -609,6 +647,9 @@ pub struct Execution {
     pub job: Option<sqlx::types::Json<crate::job::Job>>,
     /// Where its end is POSTed (a completion webhook).
     pub callback_url: Option<String>,
+    /// Caps on the stored result (see [`Limits`]).
+    pub row_limit: Option<i64>,
+    pub byte_limit: Option<i64>,
 }
 
 /// Query parameter values: secrets. Their `Debug` shows names only, so no log line or
@@ -628,6 +669,14 @@ impl Execution {
     /// so a retried run never collides with a dead attempt's orphan on the server.
     pub fn clickhouse_query_id(&self) -> String {
         clickhouse_query_id(self.id, self.attempt)
+    }
+
+    pub fn limits(&self) -> Limits {
+        let cap = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
+        Limits {
+            rows: cap(self.row_limit),
+            bytes: cap(self.byte_limit),
+        }
     }
 }
 
@@ -668,32 +717,88 @@ mod tests {
     #[test]
     fn hash_depends_on_everything_that_changes_the_result() {
         let s = BTreeMap::new();
-        let base = query_hash("SELECT 1", "default", Format::JSON, &s, &s, None);
+        let base = query_hash(
+            "SELECT 1",
+            "default",
+            Format::JSON,
+            &s,
+            &s,
+            None,
+            Limits::default(),
+        );
         assert_eq!(
             base,
-            query_hash("SELECT 1", "default", Format::JSON, &s, &s, None)
+            query_hash(
+                "SELECT 1",
+                "default",
+                Format::JSON,
+                &s,
+                &s,
+                None,
+                Limits::default()
+            )
         );
         assert_ne!(
             base,
-            query_hash("SELECT 2", "default", Format::JSON, &s, &s, None)
+            query_hash(
+                "SELECT 2",
+                "default",
+                Format::JSON,
+                &s,
+                &s,
+                None,
+                Limits::default()
+            )
         );
         assert_ne!(
             base,
-            query_hash("SELECT 1", "vip", Format::JSON, &s, &s, None)
+            query_hash(
+                "SELECT 1",
+                "vip",
+                Format::JSON,
+                &s,
+                &s,
+                None,
+                Limits::default()
+            )
         );
         assert_ne!(
             base,
-            query_hash("SELECT 1", "default", Format::CSV, &s, &s, None)
+            query_hash(
+                "SELECT 1",
+                "default",
+                Format::CSV,
+                &s,
+                &s,
+                None,
+                Limits::default()
+            )
         );
         let mut s2 = BTreeMap::new();
         s2.insert("max_threads".to_string(), "1".to_string());
         assert_ne!(
             base,
-            query_hash("SELECT 1", "default", Format::JSON, &s2, &s, None)
+            query_hash(
+                "SELECT 1",
+                "default",
+                Format::JSON,
+                &s2,
+                &s,
+                None,
+                Limits::default()
+            )
         );
         assert_ne!(
             base,
-            query_hash("SELECT 1", "default", Format::JSON, &s, &s2, None)
+            query_hash(
+                "SELECT 1",
+                "default",
+                Format::JSON,
+                &s,
+                &s2,
+                None,
+                Limits::default()
+            )
         );
         assert_ne!(
             base,
@@ -703,8 +808,23 @@ mod tests {
                 Format::JSON,
                 &s,
                 &s,
-                Some(Uuid::nil())
+                Some(Uuid::nil()),
+                Limits::default()
             )
         );
+        let capped = |rows, bytes| {
+            query_hash(
+                "SELECT 1",
+                "default",
+                Format::JSON,
+                &s,
+                &s,
+                None,
+                Limits { rows, bytes },
+            )
+        };
+        assert_ne!(base, capped(Some(10), None));
+        assert_ne!(base, capped(None, Some(10)));
+        assert_ne!(capped(Some(10), None), capped(None, Some(10)));
     }
 }

@@ -395,3 +395,35 @@ async fn sighup_reloads_tasks_all_or_nothing(pool: PgPool) {
     assert!(served.contains(&"added".to_string()), "{served:?}");
     assert_eq!(served.len(), 4, "{served:?}");
 }
+
+/// A task run takes the submit's `callback_url` (checked against `webhooks.allowed`)
+/// and result caps.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_task_run_takes_a_callback_and_result_caps(pool: PgPool) {
+    let dir = reports_dir();
+    let h = Harness::with(
+        pool,
+        with_tasks(
+            dir.path(),
+            "[webhooks]\nallowed = [\"http://127.0.0.1:9/hooks\"]\nsecret = \"s3cret\"\n",
+        ),
+    )
+    .await;
+    let (status, v) = h
+        .post_json(
+            "/v1/tasks/numbers_between/executions",
+            json!({"args": [0, 10], "callback_url": "http://example.com/x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "callback_not_allowed");
+    let e = run_task(
+        &h,
+        "numbers_between",
+        json!({"args": [0, 10], "row_limit": 4, "callback_url": "http://127.0.0.1:9/hooks/a"}),
+    )
+    .await;
+    assert_eq!(e["callback_url"], "http://127.0.0.1:9/hooks/a");
+    assert_eq!(e["result"]["truncated"], true, "{e}");
+    assert_eq!(rows(&h, &e).await.len(), 4);
+}

@@ -21,7 +21,7 @@ use super::model::{
 };
 use crate::auth::Principal;
 use crate::config::valid_setting_name;
-use crate::execution::{Format, Status, query_hash};
+use crate::execution::{Format, Limits, Status, query_hash};
 use crate::job::{Job, Planned, Role};
 use crate::sql;
 use crate::store::queue::CancelOutcome;
@@ -453,6 +453,7 @@ pub(super) fn validate(
             "from_result is for a single statement, not a job",
         ));
     }
+    let limits = result_limits(format, r.row_limit, r.byte_limit)?;
     let hash = query_hash(
         &identity,
         &tier_name,
@@ -460,6 +461,7 @@ pub(super) fn validate(
         &settings,
         &parameters,
         from_result,
+        limits,
     );
     let query_id = match r.query_id {
         None => hash.clone(),
@@ -504,7 +506,47 @@ pub(super) fn validate(
             .as_deref()
             .map(|url| callback_url(&ctx.config.webhooks, url))
             .transpose()?,
+        limits,
     })
+}
+
+/// The largest `row_limit`/`byte_limit` (2^53 - 1, exact in every JSON client).
+const MAX_RESULT_LIMIT: i64 = 9_007_199_254_740_991;
+
+/// `row_limit` and `byte_limit`: positive, and only where a row is a line (a Parquet
+/// file or a JSON document cut short would not be one).
+fn result_limits(
+    format: Format,
+    row_limit: Option<i64>,
+    byte_limit: Option<i64>,
+) -> Result<Limits, ApiError> {
+    let cap = |field: &str, value: Option<i64>| match value {
+        None => Ok(None),
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|_| (1..=MAX_RESULT_LIMIT).contains(&n))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_result_limit",
+                    format!("{field} must be between 1 and {MAX_RESULT_LIMIT}, got {n}"),
+                )
+            }),
+    };
+    let limits = Limits {
+        rows: cap("row_limit", row_limit)?,
+        bytes: cap("byte_limit", byte_limit)?,
+    };
+    if limits.any() && !format.one_row_per_line() {
+        return Err(ApiError::bad_request(
+            "limit_not_supported",
+            format!(
+                "row_limit and byte_limit cap results in a format with a row per line \
+                 (JSONEachRow, CSV, TabSeparated and their variants); {format} is not one"
+            ),
+        ));
+    }
+    Ok(limits)
 }
 
 /// A `callback_url` inside `webhooks.allowed` (same scheme, host and port as an entry,

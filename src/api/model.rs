@@ -196,6 +196,17 @@ pub struct SubmitRequest {
     /// match `webhooks.allowed`.
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// Store at most this many rows of the result (line formats: JSONEachRow, CSV,
+    /// TabSeparated and their variants); past it the query is stopped and the result is
+    /// marked `truncated`.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
+    pub row_limit: Option<i64>,
+    /// Store at most this many bytes of the result, in whole rows, header lines included
+    /// (line formats only); past it the query is stopped and the result is `truncated`.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
+    pub byte_limit: Option<i64>,
 }
 
 /// Query string of `POST /v1/executions`: `wait` always; the others only when the body
@@ -295,6 +306,9 @@ pub struct ResultView {
     pub columns: Option<Vec<Column>>,
     /// Where to download it.
     pub url: String,
+    /// `row_limit` or `byte_limit` stopped the query: this is its beginning, in whole
+    /// rows.
+    pub truncated: bool,
     /// With `?inline=true`: the result itself, when it is text of at most
     /// `api.inline_max_bytes` (1 MiB by default).
     pub inline: Option<String>,
@@ -412,6 +426,7 @@ impl From<Execution> for ExecutionView {
                 bytes: r.bytes,
                 rows: r.rows,
                 columns: r.columns,
+                truncated: r.truncated,
                 url: format!("/v1/executions/{}/result", e.id),
                 inline: None,
                 inline_status: None,
@@ -617,6 +632,20 @@ pub struct TaskSubmitRequest {
     /// returned (`outcome: "reused"`) and nothing runs.
     #[serde(default)]
     pub max_age: Option<String>,
+    /// Where its end is POSTed (see `SubmitRequest`); must match `webhooks.allowed`.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Store at most this many rows of the result (line formats: JSONEachRow, CSV,
+    /// TabSeparated and their variants); past it the query is stopped and the result is
+    /// marked `truncated`.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
+    pub row_limit: Option<i64>,
+    /// Store at most this many bytes of the result, in whole rows, header lines included
+    /// (line formats only); past it the query is stopped and the result is `truncated`.
+    #[serde(default, deserialize_with = "whole::option")]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
+    pub byte_limit: Option<i64>,
 }
 
 /// One argument of a task.

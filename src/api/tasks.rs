@@ -114,7 +114,9 @@ pub(super) fn task_request(
         sql: super::model::SqlInput::One(task.sql.clone()),
         onsuccess: None,
         onerror: None,
-        callback_url: None,
+        callback_url: r.callback_url,
+        row_limit: r.row_limit,
+        byte_limit: r.byte_limit,
         tier: r.tier.or_else(|| task.tier.clone()),
         query_id: r.query_id,
         format: r

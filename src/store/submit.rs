@@ -49,16 +49,16 @@ impl Conn<'_> {
     }
 }
 
-/// The INSERT of a new execution; [`bind_new`] binds its parameters.
+/// The INSERT of a new execution; [`bind_new`] binds its parameters ($1 to $26).
 macro_rules! insert_execution {
     () => {
         "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, sql, \
          format, settings, priority, max_attempts, parameters, quota_key, max_running, task, \
          run_after, retention_ms, from_result, group_id, held, timeout_ms, start_deadline, job, \
-         callback_url) \
+         callback_url, row_limit, byte_limit) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
                  coalesce($16, now()), $17, $18, $19, $20, $21, \
-                 coalesce($16, now()) + $22 * interval '1 millisecond', $23, $24)"
+                 coalesce($16, now()) + $22 * interval '1 millisecond', $23, $24, $25, $26)"
     };
 }
 
@@ -137,6 +137,8 @@ pub struct NewExecution {
     pub job: Option<crate::job::Job>,
     /// Where its end is POSTed (see `store::webhooks`).
     pub callback_url: Option<String>,
+    /// Caps on the stored result.
+    pub limits: crate::execution::Limits,
 }
 
 #[derive(Debug)]
@@ -198,7 +200,7 @@ impl Store {
                     "WITH ins AS (",
                     insert_or_collapse!(),
                     ") SELECT ins.*, CASE WHEN ins.inserted \
-                         THEN pg_notify($25, ins.tier) IS NULL END AS notified FROM ins"
+                         THEN pg_notify($27, ins.tier) IS NULL END AS notified FROM ins"
                 );
                 bind_new(sqlx::query(sql), id, new).bind(Channel::Work.name())
             } else {
@@ -395,4 +397,6 @@ pub(super) fn bind_member<'q>(
         .bind(new.start_within_ms)
         .bind(new.job.as_ref().map(sqlx::types::Json))
         .bind(new.callback_url.as_deref())
+        .bind(new.limits.rows.and_then(|n| i64::try_from(n).ok()))
+        .bind(new.limits.bytes.and_then(|n| i64::try_from(n).ok()))
 }

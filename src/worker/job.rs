@@ -249,6 +249,7 @@ impl JobRun<'_> {
             rows: Some(0),
             columns: Some(Vec::new()),
             row_index: None,
+            truncated: false,
         })
     }
 }

@@ -6,9 +6,14 @@
 //! structure (see `binary_rows`). Native, RowBinary and the layouts for people (Pretty,
 //! Vertical, Markdown, Values) would have to be decoded: their count stays unknown
 //! rather than guessed.
+//!
+//! The same line ends cap a result (`row_limit`/`byte_limit`, see [`Limits`]): the
+//! counter tracks where the last whole row within the caps ends, and when the first
+//! row past them ends it stops counting: the worker stores up to [`RowCounter::kept`]
+//! and stops the query.
 
 use super::binary_rows::{ArrowCounter, parquet_rows};
-use crate::execution::{RowCounting, RowIndex};
+use crate::execution::{Limits, RowCounting, RowIndex};
 
 #[derive(Debug)]
 pub struct RowCounter {
@@ -21,10 +26,17 @@ pub struct RowCounter {
     /// Line formats: where every `stride`-th row starts.
     index: Option<RowIndex>,
     header_lines: u64,
+    limits: Limits,
+    /// With limits: the end of the last whole line within them.
+    kept: u64,
+    /// With limits: a line ended past them; nothing after `kept` belongs to the result.
+    cut: bool,
 }
 
 impl RowCounter {
-    pub fn new(mode: RowCounting) -> RowCounter {
+    /// A counter that also finds where a result capped by `limits` ends (line formats;
+    /// other formats are refused limits at submit and are never cut).
+    pub fn new(mode: RowCounting, limits: Limits) -> RowCounter {
         let header_lines = match mode {
             RowCounting::Lines { header_lines } | RowCounting::CsvLines { header_lines } => {
                 Some(header_lines)
@@ -45,7 +57,25 @@ impl RowCounter {
                 offsets: if h == 0 { vec![0] } else { Vec::new() },
             }),
             header_lines: header_lines.unwrap_or(0),
+            limits,
+            kept: 0,
+            cut: false,
         }
+    }
+
+    /// Bytes from the start that are whole lines within the limits (all bytes fed so
+    /// far when there are no limits).
+    pub fn kept(&self) -> u64 {
+        if self.limits.any() {
+            self.kept
+        } else {
+            self.offset
+        }
+    }
+
+    /// Whether the output went past the limits.
+    pub fn cut(&self) -> bool {
+        self.cut
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -86,6 +116,20 @@ impl RowCounter {
     /// A row (or header line) ended at byte `pos` of the current chunk: the next row
     /// starts after it; every `stride`-th such start is indexed.
     fn line_end(&mut self, pos: usize) {
+        if self.cut {
+            return;
+        }
+        let end = self.offset + pos as u64 + 1;
+        if self.limits.any() {
+            let rows = (self.newlines + 1).saturating_sub(self.header_lines);
+            if self.limits.rows.is_some_and(|cap| rows > cap)
+                || self.limits.bytes.is_some_and(|cap| end > cap)
+            {
+                self.cut = true;
+                return;
+            }
+            self.kept = end;
+        }
         self.newlines += 1;
         let Some(index) = self.index.as_mut() else {
             return;
@@ -95,7 +139,7 @@ impl RowCounter {
         };
         // Strides are powers of two.
         if row & (index.stride - 1) == 0 && row / index.stride == index.offsets.len() as u64 {
-            index.offsets.push(self.offset + pos as u64 + 1);
+            index.offsets.push(end);
             if index.offsets.len() >= RowIndex::MAX_ENTRIES {
                 let kept: Vec<u64> = index.offsets.iter().step_by(2).copied().collect();
                 index.offsets = kept;
@@ -143,7 +187,7 @@ mod tests {
 
     #[test]
     fn indexes_where_rows_start() {
-        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 1 });
+        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 1 }, Limits::default());
         let mut text = b"h\n".to_vec();
         for i in 0..5000 {
             text.extend_from_slice(format!("{i}\n").as_bytes());
@@ -164,7 +208,7 @@ mod tests {
 
     #[test]
     fn the_index_stays_small() {
-        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 0 });
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 0 }, Limits::default());
         let rows = RowIndex::FIRST_STRIDE * RowIndex::MAX_ENTRIES as u64 * 3;
         let chunk = b"1\n".repeat(4096);
         for _ in 0..rows / 4096 {
@@ -184,7 +228,7 @@ mod tests {
 
     #[test]
     fn counts_lines_minus_headers() {
-        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 2 });
+        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 2 }, Limits::default());
         c.feed(b"a\tb\nUInt8\tString\n1\tx\n");
         c.feed(b"2\ty\n");
         assert_eq!(c.finish(b""), Some(2));
@@ -192,15 +236,53 @@ mod tests {
 
     #[test]
     fn csv_newlines_inside_quotes_are_not_rows() {
-        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 1 });
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 1 }, Limits::default());
         c.feed(b"\"s\"\n\"a\nb\"\n\"c\"\"");
         c.feed(b"\nd\"\n");
         assert_eq!(c.finish(b""), Some(2));
     }
 
     #[test]
+    fn a_row_limit_keeps_whole_rows_after_the_header() {
+        let limits = Limits {
+            rows: Some(2),
+            bytes: None,
+        };
+        let mut c = RowCounter::new(RowCounting::Lines { header_lines: 1 }, limits);
+        c.feed(b"h\na\nb");
+        assert_eq!((c.kept(), c.cut()), (4, false), "b has not ended yet");
+        c.feed(b"\nc\nd\n");
+        assert_eq!((c.kept(), c.cut()), (6, true));
+        assert_eq!(c.finish(b""), Some(2));
+    }
+
+    #[test]
+    fn exactly_the_limit_is_not_cut() {
+        let limits = Limits {
+            rows: Some(2),
+            bytes: Some(4),
+        };
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 0 }, limits);
+        c.feed(b"a\nb\n");
+        assert_eq!((c.kept(), c.cut()), (4, false));
+    }
+
+    #[test]
+    fn a_byte_limit_ends_at_the_last_whole_row_that_fits() {
+        let limits = Limits {
+            rows: None,
+            bytes: Some(7),
+        };
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 0 }, limits);
+        // The quoted newline is inside a row, not the end of one.
+        c.feed(b"\"x\ny\"\nzz\n");
+        assert_eq!((c.kept(), c.cut()), (6, true));
+        assert_eq!(c.finish(b""), Some(1));
+    }
+
+    #[test]
     fn json_reads_the_rows_field() {
-        let c = RowCounter::new(RowCounting::JsonRowsField);
+        let c = RowCounter::new(RowCounting::JsonRowsField, Limits::default());
         assert_eq!(
             c.finish(b"\t],\n\n\t\"rows\": 42,\n\n\t\"statistics\": {}\n}\n"),
             Some(42)
@@ -209,7 +291,7 @@ mod tests {
 
     #[test]
     fn xml_reads_the_rows_element() {
-        let c = RowCounter::new(RowCounting::XmlRowsField);
+        let c = RowCounter::new(RowCounting::XmlRowsField, Limits::default());
         assert_eq!(
             c.finish(b"\t</data>\n\t<rows>3</rows>\n\t<statistics>"),
             Some(3)
@@ -218,7 +300,7 @@ mod tests {
 
     #[test]
     fn binary_formats_stay_unknown() {
-        let mut c = RowCounter::new(RowCounting::Unknown);
+        let mut c = RowCounter::new(RowCounting::Unknown, Limits::default());
         c.feed(b"\n\n\n");
         assert_eq!(c.finish(b""), None);
     }

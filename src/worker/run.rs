@@ -28,7 +28,9 @@ use super::rows::RowCounter;
 use futures::{FutureExt, StreamExt};
 
 use crate::clickhouse::{EngineError, External, HeaderReader, Query};
-use crate::execution::{Column, ErrorCode, ErrorInfo, Execution, Format, Progress, ResultMeta};
+use crate::execution::{
+    Column, ErrorCode, ErrorInfo, Execution, Format, Limits, Progress, ResultMeta,
+};
 use crate::metrics::step;
 use crate::results::{ResultWriter, ResultsError};
 use crate::sql;
@@ -461,7 +463,15 @@ impl Worker {
                     _ => None,
                 }
             },
-            self.stream_into_store(query, query_id, &key, writer, beacons, header),
+            self.stream_into_store(
+                query,
+                query_id,
+                &key,
+                writer,
+                beacons,
+                header,
+                execution.limits()
+            ),
         );
         // When the query fails, its own error is the one reported.
         let streamed = streamed?;
@@ -502,11 +512,15 @@ impl Worker {
             rows: streamed.rows,
             columns,
             row_index: streamed.row_index,
+            truncated: streamed.truncated,
         })
     }
 
     /// Sends the query and streams its response into a new writer left in `writer`,
-    /// counting rows and reading the format's header (if any) on the way.
+    /// counting rows and reading the format's header (if any) on the way. With
+    /// `limits`, only whole rows within them are written (the bytes of a row that has
+    /// not ended yet wait in `held`) and the query is killed at the first row past them.
+    #[allow(clippy::too_many_arguments)]
     async fn stream_into_store(
         &self,
         query: Query<'_>,
@@ -515,6 +529,7 @@ impl Worker {
         writer: &mut Option<ResultWriter>,
         beacons: &Beacons,
         mut header: Option<HeaderReader>,
+        limits: Limits,
     ) -> Result<Streamed, Failure> {
         let started = Instant::now();
         let since = std::time::SystemTime::now();
@@ -527,7 +542,8 @@ impl Worker {
             beacons.saw(summary);
         }
         let w = writer.insert(self.results.writer(key));
-        let mut rows = RowCounter::new(query.format.row_counting());
+        let mut rows = RowCounter::new(query.format.row_counting(), limits);
+        let mut held = bytes::BytesMut::new();
         loop {
             let chunk = match stream.chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -538,16 +554,56 @@ impl Worker {
             if let Some(h) = header.as_mut() {
                 h.feed(&chunk);
             }
-            w.write(chunk).await?;
+            if limits.any() {
+                held.extend_from_slice(&chunk);
+                let whole = rows.kept().saturating_sub(w.bytes_written());
+                let whole = usize::try_from(whole).unwrap_or(usize::MAX).min(held.len());
+                if whole > 0 {
+                    w.write(held.split_to(whole).freeze()).await?;
+                }
+                if rows.cut() {
+                    break;
+                }
+            } else {
+                w.write(chunk).await?;
+            }
             beacons
                 .result_bytes
                 .store(w.bytes_written(), Ordering::Relaxed);
+        }
+        let mut truncated = rows.cut();
+        if truncated {
+            // The rest of the output is not wanted: stop the query rather than let it
+            // run on unread.
+            drop(stream);
+            if let Err(e) = self.engine.kill(query_id).await {
+                warn!(query_id, error = %e, "KILL QUERY of a truncated result failed");
+            }
+            step("clickhouse", started);
+            return Ok(Streamed {
+                rows: rows.finish(&[]),
+                row_index: rows.index(),
+                columns: header.and_then(HeaderReader::columns),
+                truncated,
+            });
+        }
+        if !held.is_empty() {
+            // A last line without its newline: kept when it fits the byte cap.
+            let fits = limits
+                .bytes
+                .is_none_or(|cap| w.bytes_written() + held.len() as u64 <= cap);
+            if fits {
+                w.write(held.freeze()).await?;
+            } else {
+                truncated = true;
+            }
         }
         step("clickhouse", started);
         Ok(Streamed {
             rows: rows.finish(&stream.tail()),
             row_index: rows.index(),
             columns: header.and_then(HeaderReader::columns),
+            truncated,
         })
     }
 
@@ -679,6 +735,8 @@ struct Streamed {
     row_index: Option<crate::execution::RowIndex>,
     /// From the format's header; `None` when it has none or it could not be read.
     columns: Option<Vec<Column>>,
+    /// `limits` stopped it.
+    truncated: bool,
 }
 
 /// The text to send `server` for `body`, and whether its parameters are in it: a server
