@@ -38,7 +38,8 @@ async fn a_row_limit_stores_the_first_rows_and_stops_the_query(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn a_byte_limit_keeps_the_whole_rows_that_fit(pool: PgPool) {
     let h = Harness::start(pool).await;
-    let sql = "SELECT number, concat('a', '\\n', toString(number)) AS s FROM numbers(5000)";
+    let sql =
+        "SELECT number, concat('a', '\\n', toString(number)) AS s FROM system.numbers LIMIT 5000";
     let direct = clickhouse_direct(sql, "CSVWithNames", &[]).await;
     // Every line of this CSV (the header's and each row's) ends with `"` + newline; the
     // newline inside a value follows an `a`. The cap falls just after such a quoted
@@ -76,7 +77,7 @@ async fn a_byte_limit_keeps_the_whole_rows_that_fit(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn a_result_within_its_limits_is_whole(pool: PgPool) {
     let h = Harness::start(pool).await;
-    let sql = "SELECT number FROM numbers(10)";
+    let sql = "SELECT number FROM system.numbers LIMIT 10";
     let direct = clickhouse_direct(sql, "TabSeparated", &[]).await;
     for limits in [
         json!({ "row_limit": 10 }),
