@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use sluice::bookkeeper::Bookkeeper;
-use sluice::execution::{ErrorCode, ErrorInfo};
+use sluice::execution::{ErrorCode, ErrorInfo, Format, ResultMeta};
 use sluice::store::queue::Fence;
 
 /// Claims the tier's pending work as a worker that then "dies" (never heartbeats).
@@ -22,48 +22,107 @@ async fn claim_as_dead_worker(h: &Harness, lease: Duration) -> Vec<Fence> {
         .collect()
 }
 
+/// Every fenced write of a stale attempt: none may touch the execution.
+async fn assert_stale_writes_refused(h: &Harness, stale: &Fence) {
+    let error = ErrorInfo::new(ErrorCode::ClickhouseError, "stale");
+    let stale_result = ResultMeta {
+        object_key: "stale-object".into(),
+        format: Format::JSONEachRow,
+        bytes: 1,
+        rows: Some(1),
+        columns: None,
+        row_index: None,
+        truncated: false,
+    };
+    let store = &h.store;
+    let progress = Default::default();
+    assert!(
+        !store
+            .complete(stale, &stale_result, &progress)
+            .await
+            .unwrap(),
+        "complete"
+    );
+    assert!(!store.fail(stale, &error, &progress).await.unwrap(), "fail");
+    assert!(
+        !store.retry(stale, &error, Duration::ZERO).await.unwrap(),
+        "retry"
+    );
+    assert!(!store.mark_canceled(stale).await.unwrap(), "mark_canceled");
+    assert!(!store.hand_back(stale).await.unwrap(), "hand_back");
+    assert_eq!(
+        store
+            .heartbeat(stale, Duration::from_secs(5), None)
+            .await
+            .unwrap(),
+        sluice::store::queue::Beat::Lost,
+        "heartbeat"
+    );
+}
+
+/// Waits until the claimed lease has expired and reclaims it.
+async fn reclaim(bk: &Bookkeeper) {
+    eventually(Duration::from_secs(5), "the lease is reclaimed", || async {
+        bk.reclaim_pass().await.unwrap() == 1
+    })
+    .await;
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn a_lost_lease_runs_again_and_the_stale_worker_cannot_write(pool: PgPool) {
     let h = Harness::without_workers(pool).await;
-    let id = h.submit_ok(json!({ "sql": "SELECT 'again'" })).await;
-    let fences = claim_as_dead_worker(&h, Duration::from_millis(1)).await;
-    assert_eq!(fences.len(), 1);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-
     let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
-    assert_eq!(bk.reclaim_pass().await.unwrap(), 1);
+    let id = h.submit_ok(json!({ "sql": "SELECT 'again'" })).await;
+    let first = claim_as_dead_worker(&h, Duration::from_millis(1)).await;
+    assert_eq!(first.len(), 1);
+    reclaim(&bk).await;
     let e = h.get(&id).await;
     assert_eq!(e["status"], "PENDING");
     assert_eq!(e["attempt"], 1);
 
-    // A live worker takes it over as attempt 2.
+    // The same worker claims it again (attempt 2): the first attempt's writes, which
+    // differ from the live ones only by the attempt, are all refused while it runs.
+    // (The reclaim's retry backoff first has to pass.)
+    let start = std::time::Instant::now();
+    let second = loop {
+        let claimed = claim_as_dead_worker(&h, Duration::from_millis(1)).await;
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "attempt 2 is claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(second[0].attempt, 2);
+    assert_stale_writes_refused(&h, &first[0]).await;
+    let e = h.get(&id).await;
+    assert_eq!(e["status"], "RUNNING", "{e}");
+    assert_eq!(e["attempt"], 2);
+    assert_eq!(e["failed_attempts"].as_array().unwrap().len(), 1, "{e}");
+    reclaim(&bk).await;
+
+    // A live worker takes it over as attempt 3.
     let (stop, task) = h.spawn_worker("default");
     let e = h
         .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
-    assert_eq!(e["attempt"], 2);
+    assert_eq!(e["attempt"], 3);
     stop.cancel();
     task.await.unwrap().unwrap();
 
-    // The dead worker wakes up: its fenced writes touch nothing.
-    let stale = &fences[0];
-    let error = ErrorInfo::new(ErrorCode::ClickhouseError, "stale");
-    assert!(
-        !h.store
-            .fail(stale, &error, &Default::default())
-            .await
-            .unwrap()
-    );
-    assert!(!h.store.mark_canceled(stale).await.unwrap());
-    assert!(!h.store.hand_back(stale).await.unwrap());
+    // Both dead attempts wake up: their fenced writes touch nothing.
+    assert_stale_writes_refused(&h, &first[0]).await;
+    assert_stale_writes_refused(&h, &second[0]).await;
+    let after = h.get(&id).await;
+    assert_eq!(after["status"], "SUCCEEDED");
+    assert_eq!(after["attempt"], 3);
     assert_eq!(
-        h.store
-            .heartbeat(stale, Duration::from_secs(5), None)
-            .await
-            .unwrap(),
-        sluice::store::queue::Beat::Lost
+        after["result"], e["result"],
+        "the stale writes changed nothing"
     );
-    assert_eq!(h.get(&id).await["status"], "SUCCEEDED");
+    assert_eq!(after["failed_attempts"], e["failed_attempts"]);
 }
 
 #[sqlx::test(migrations = "./migrations")]

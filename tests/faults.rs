@@ -231,3 +231,75 @@ async fn terminated_postgres_sessions_lose_no_execution(pool: PgPool) {
     assert_eq!(succeeded, 200, "each execution completed exactly once");
     assert_eq!(h.results.list_keys().await.unwrap().len(), 200);
 }
+
+/// A worker whose attempt was reclaimed while its query still ran (a KILL that came
+/// too late, a pause after the query ended) stores its result, finds its fence gone at
+/// completion, and deletes the object it wrote: nothing points at it.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_stale_worker_deletes_the_result_it_wrote(pool: PgPool) {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            // One slot, so the worker cannot take the reclaimed execution back itself; a
+            // heartbeat slower than the query, so only the completion finds the fence gone.
+            tier_extra: "concurrency = 1\n".into(),
+            worker_extra: "poll_interval = \"500ms\"\nlease = \"60s\"\nheartbeat = \"20s\"\nshutdown_grace = \"2s\""
+                .into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h
+        .submit_ok(json!({
+            "sql": "SELECT number, sleepEachRow(0.5) AS s FROM system.numbers LIMIT 4",
+            "settings": { "max_block_size": 1 },
+        }))
+        .await;
+    h.wait_running_on_clickhouse(&id).await;
+
+    // The lease is taken away as the bookkeeper would (without its KILL) and another
+    // worker claims attempt 2.
+    sqlx::query(
+        "UPDATE executions SET lease_expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let reclaimed = h.store.reclaim_expired(10, Duration::ZERO).await.unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    let thief = h
+        .store
+        .claim(
+            "default",
+            "other-worker",
+            10,
+            Duration::from_secs(600),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(thief.len(), 1);
+    assert_eq!(thief[0].attempt, 2);
+
+    let stats = &h.worker_stats[0];
+    eventually(
+        Duration::from_secs(30),
+        "the stale attempt ends",
+        || async { stats.succeeded.load(std::sync::atomic::Ordering::Relaxed) == 1 },
+    )
+    .await;
+    assert_eq!(
+        stats.abandoned.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the stale worker stored its result and deleted it"
+    );
+    assert_eq!(
+        h.results.list_keys().await.unwrap(),
+        Vec::<String>::new(),
+        "no object is left behind"
+    );
+    let e = h.get(&id).await;
+    assert_eq!(e["status"], "RUNNING", "attempt 2 still owns it: {e}");
+    assert_eq!(e["attempt"], 2);
+}

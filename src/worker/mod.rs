@@ -80,6 +80,9 @@ pub struct WorkerStats {
     pub lost: AtomicU64,
     pub handed_back: AtomicU64,
     pub retried: AtomicU64,
+    /// Results this worker stored for an attempt it no longer owned (reclaimed while it
+    /// ran), then deleted: nothing will ever point at them.
+    pub abandoned: AtomicU64,
 }
 
 impl WorkerStats {

@@ -287,8 +287,11 @@ impl Worker {
             && !matches!(written, Ok(true))
         {
             // Nobody will ever point at this object: ours is a stale attempt.
-            if let Err(e) = self.results.delete(&meta.object_key).await {
-                warn!(error = %e, "could not delete an abandoned result");
+            match self.results.delete(&meta.object_key).await {
+                Ok(()) => {
+                    self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => warn!(error = %e, "could not delete an abandoned result"),
             }
         }
         self.account(&execution, &outcome, claimed_at, &written);
