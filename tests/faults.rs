@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
+use reqwest::StatusCode;
 use serde_json::json;
 use sluice::execution::Format;
 use sqlx::PgPool;
@@ -302,4 +303,92 @@ async fn a_stale_worker_deletes_the_result_it_wrote(pool: PgPool) {
     let e = h.get(&id).await;
     assert_eq!(e["status"], "RUNNING", "attempt 2 still owns it: {e}");
     assert_eq!(e["attempt"], 2);
+}
+
+/// Postgres itself goes away (a private cluster, stopped) for longer than a heartbeat
+/// while executions run and wait, then comes back: the api answers 503 meanwhile, the
+/// leases hold (no attempt is lost), workers claim again, and every execution succeeds
+/// exactly once.
+#[tokio::test]
+async fn a_postgres_outage_loses_nothing_and_the_api_answers_503() {
+    let mut pg = PrivatePostgres::start().await;
+    let pool = pg.migrated_pool().await;
+    let mut setup = fast();
+    setup.workers = vec!["default"];
+    // Leases (30 s) outlast the outage (about 6 s); heartbeats every 200 ms.
+    setup.worker_extra =
+        "poll_interval = \"500ms\"\nlease = \"30s\"\nheartbeat = \"200ms\"\nshutdown_grace = \"2s\""
+            .into();
+    let h = Harness::with(pool.clone(), setup).await;
+    let _bk = spawn_bookkeeper(&h);
+    let n = 24;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let body = json!({
+            "sql": format!("SELECT {i} AS i, sleepEachRow(0.1) FROM system.numbers LIMIT 3"),
+            "settings": { "max_block_size": 1 },
+        });
+        ids.push(h.submit_ok(body).await);
+    }
+    // Some run, the rest wait (4 slots).
+    eventually(Duration::from_secs(30), "executions run", || async {
+        let (_, page) = h.get_json("/v1/executions?status=RUNNING").await;
+        page["executions"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let (waiting,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM executions WHERE status = 'PENDING'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        waiting >= 4,
+        "work waits in the queue as Postgres stops: {waiting}"
+    );
+    pool.close().await;
+    pg.stop();
+    let down = std::time::Instant::now();
+
+    // Meanwhile the api says the queue is unavailable, in its error body (each answer
+    // after the pool's 5 s acquire timeout, so they are asked at once).
+    let path = format!("/v1/executions/{}", ids[0]);
+    let ((get, body), (submit, _), (ready, _)) = tokio::join!(
+        h.get_json(&path),
+        h.submit(json!({ "sql": "SELECT 1" })),
+        h.get_json("/ready"),
+    );
+    assert_eq!(get, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(submit, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+    let heartbeat = h.config.worker.heartbeat;
+    assert!(
+        down.elapsed() > heartbeat * 3,
+        "down for several heartbeats"
+    );
+
+    pg.restart().await;
+    eprintln!("Postgres was down for {:?}", down.elapsed());
+    for id in &ids {
+        let e = h
+            .wait_for(
+                id,
+                &["SUCCEEDED", "FAILED", "CANCELED"],
+                Duration::from_secs(60),
+            )
+            .await;
+        assert_eq!(e["status"], "SUCCEEDED", "{e}");
+        assert_eq!(e["attempt"], 1, "the lease held: {e}");
+        assert_eq!(e["failed_attempts"], json!([]), "{e}");
+    }
+    let succeeded: u64 = h
+        .worker_stats
+        .iter()
+        .map(|s| s.succeeded.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(succeeded, n as u64, "each execution ran exactly once");
+    assert_eq!(h.results.list_keys().await.unwrap().len(), n);
+    // The api serves again.
+    let (status, _) = h.submit(json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status, StatusCode::CREATED);
 }

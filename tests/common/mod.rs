@@ -186,8 +186,12 @@ pub fn database_url(pool: &PgPool) -> String {
         .get_database()
         .unwrap_or("postgres")
         .to_string();
+    let options = pool.connect_options();
     let mut url = url::Url::parse(&base).unwrap();
     url.set_path(&db);
+    // The pool's own server: a test's private cluster runs on a port of its own.
+    url.set_host(Some(options.get_host())).unwrap();
+    url.set_port(Some(options.get_port())).unwrap();
     url.to_string()
 }
 
@@ -306,6 +310,7 @@ impl Harness {
         // on the same test database.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5)) // as `Store::connect`
             .connect_with(pool.connect_options().as_ref().clone())
             .await
             .unwrap();
@@ -818,5 +823,162 @@ impl PrivateClickHouse {
 impl Drop for PrivateClickHouse {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Postgres cluster of the test's own (initdb into a temp dir, its own port) that a
+/// test may stop and start again: for what must survive the queue database going away.
+/// The binaries are the newest under `/usr/lib/postgresql` (or `SLUICE_TEST_PG_BINDIR`);
+/// as root, the cluster runs as the `postgres` user, since Postgres refuses root.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> PrivatePostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = pg_bindir();
+        if let Some((uid, gid)) = postgres_ids() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let mut initdb = std::process::Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        as_postgres(&mut initdb);
+        assert!(initdb.status().unwrap().success(), "initdb");
+        let mut pg = PrivatePostgres {
+            dir,
+            bin,
+            port: free_port(),
+            child: None,
+        };
+        pg.spawn().await;
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A pool on the cluster's `postgres` database, migrated.
+    pub async fn migrated_pool(&self) -> PgPool {
+        let pool = PgPool::connect(&self.url()).await.unwrap();
+        sluice::store::Store::from_pool(pool.clone())
+            .migrate()
+            .await
+            .unwrap();
+        pool
+    }
+
+    async fn spawn(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("postgres.log"))
+            .unwrap();
+        let mut cmd = std::process::Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(d.join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(d)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        as_postgres(&mut cmd);
+        self.child = Some(cmd.spawn().expect("the private Postgres starts"));
+        let url = self.url();
+        eventually(
+            Duration::from_secs(30),
+            "the private Postgres answers",
+            || {
+                let url = url.clone();
+                async move {
+                    match PgPool::connect(&url).await {
+                        Ok(pool) => {
+                            pool.close().await;
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// A fast shutdown (SIGINT): sessions are ended and the port closes, as when the
+    /// database is restarted or fails over.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Immediate shutdown: the data dir goes with the test.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+fn pg_bindir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("SLUICE_TEST_PG_BINDIR") {
+        return dir.into();
+    }
+    let root = std::path::Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<u32> = std::fs::read_dir(root)
+        .expect("Postgres binaries under /usr/lib/postgresql (or SLUICE_TEST_PG_BINDIR)")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|v: &u32| root.join(v.to_string()).join("bin/initdb").exists())
+        .collect();
+    versions.sort();
+    let newest = versions
+        .last()
+        .expect("an initdb under /usr/lib/postgresql");
+    root.join(newest.to_string()).join("bin")
+}
+
+/// The `postgres` user's ids when running as root (Postgres refuses to run as root).
+fn postgres_ids() -> Option<(u32, u32)> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("as root, a `postgres` user to run the private cluster");
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn as_postgres(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = postgres_ids() {
+        cmd.uid(uid).gid(gid);
     }
 }
