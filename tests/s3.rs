@@ -84,33 +84,80 @@ async fn results_stream_into_s3_with_multipart_and_back(pool: PgPool) {
     assert_eq!(h.download(&small).await.2, b"{\"'tiny'\":\"tiny\"}\n");
 }
 
+/// The multipart uploads open in `bucket` (S3's ListMultipartUploads; an error reply
+/// fails the test rather than reading as "none").
+async fn open_uploads(bucket: &str) -> usize {
+    let r = reqwest::Client::new()
+        .get(format!("{}/{bucket}?uploads", s3_endpoint()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "ListMultipartUploads");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("<ListMultipartUploadsResult"), "{text}");
+    text.matches("<Upload>").count()
+}
+
+/// About 5 MB/s of JSON rows (20 µs a row), so a test sees the upload open before the
+/// query ends. `tail` is appended to the select list.
+fn slow_stream(rows: u64, tail: &str) -> serde_json::Value {
+    json!({
+        "sql": format!(
+            "SELECT number, toString(number) AS a, concat(a, a, a, a, a, a, a, a) AS b, \
+             sleepEachRow(0.00002) AS s{tail} FROM system.numbers LIMIT {rows}"
+        ),
+        "settings": { "max_block_size": 1000 },
+    })
+}
+
+/// Waits until the execution's multipart upload has started (its first part is out).
+async fn wait_upload_open(h: &Harness, bucket: &str, id: &str) {
+    eventually(
+        Duration::from_secs(60),
+        "a multipart upload opens",
+        || async {
+            let e = h.get(id).await;
+            assert!(
+                matches!(e["status"].as_str(), Some("PENDING" | "RUNNING")),
+                "{e}"
+            );
+            open_uploads(bucket).await == 1
+        },
+    )
+    .await;
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn a_failed_stream_leaves_nothing_in_s3(pool: PgPool) {
     let (h, bucket) = s3_harness(pool).await;
     // Fails after more than one part has been uploaded.
     let id = h
-        .submit_ok(json!({
-            "sql": "SELECT number, toString(number) AS a, concat(a, a, a, a, a, a, a, a) AS b, \
-                    throwIf(number = 400000) FROM system.numbers LIMIT 500000",
-            "settings": { "max_block_size": 1000 },
-        }))
+        .submit_ok(slow_stream(500_000, ", throwIf(number = 400000) AS t"))
         .await;
+    wait_upload_open(&h, &bucket, &id).await;
     let e = h.wait_terminal(&id).await;
     assert_eq!(e["status"], "FAILED", "{e}");
     assert_eq!(e["error"]["clickhouse_code"], 395);
     assert!(h.results.list_keys().await.unwrap().is_empty());
-    // No multipart upload is left open either.
-    let uploads = reqwest::Client::new()
-        .get(format!("{}/{bucket}?uploads", s3_endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        !uploads.contains("<UploadId>"),
-        "dangling multipart upload: {uploads}"
+    assert_eq!(open_uploads(&bucket).await, 0, "the upload was aborted");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_canceled_s3_upload_is_aborted(pool: PgPool) {
+    let (h, bucket) = s3_harness(pool).await;
+    let id = h.submit_ok(slow_stream(10_000_000, "")).await;
+    let query_id = h.wait_running_on_clickhouse(&id).await;
+    wait_upload_open(&h, &bucket, &id).await;
+    let (status, _) = h.cancel(&id).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "CANCELED", "{e}");
+    assert!(h.results.list_keys().await.unwrap().is_empty());
+    assert_eq!(open_uploads(&bucket).await, 0, "the upload was aborted");
+    assert_eq!(
+        running_on_clickhouse(&query_id).await,
+        0,
+        "the query was killed"
     );
 }
 
