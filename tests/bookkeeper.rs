@@ -146,8 +146,7 @@ async fn out_of_attempts_fails_with_worker_lost(pool: PgPool) {
                 .is_empty()
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        bk.reclaim_pass().await.unwrap();
+        reclaim(&bk).await;
     }
     let e = h.get(&id).await;
     assert_eq!(e["status"], "FAILED", "{e}");

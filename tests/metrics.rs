@@ -33,17 +33,26 @@ async fn metrics_show_the_queue_and_the_work_done(pool: PgPool) {
         .await;
     h.submit_ok(json!({ "sql": "SELECT 3", "tier": "idle" }))
         .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-
-    let r = h.http.get(h.url("/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let text = r.text().await.unwrap();
+    // The oldest has waited a second (the gauge is read at each scrape).
+    let scrape = || async {
+        let r = h.http.get(h.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        r.text().await.unwrap()
+    };
+    let age = r#"sluice_oldest_pending_age_seconds{tier="idle"}"#;
+    eventually(
+        Duration::from_secs(10),
+        "the oldest is a second old",
+        || async { value(&scrape().await, age).is_some_and(|v| v >= 1.0) },
+    )
+    .await;
+    let text = scrape().await;
     let get = |s: &str| value(&text, s).unwrap_or_else(|| panic!("no `{s}` in\n{text}"));
     assert_eq!(get(r#"sluice_queue_depth{tier="idle"}"#), 2.0);
     assert!(get(r#"sluice_oldest_pending_age_seconds{tier="idle"}"#) >= 1.0);

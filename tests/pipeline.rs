@@ -336,8 +336,12 @@ async fn a_worker_for_tier_a_never_claims_tier_b(pool: PgPool) {
         .await;
     h.wait_for(&a, &["SUCCEEDED"], Duration::from_secs(30))
         .await;
-    // Let the a-worker poll a few more times with b's work waiting.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // One more claim by the a-worker with b's work waiting (and older).
+    let a2 = h
+        .submit_ok(json!({ "sql": "SELECT 'a2'", "tier": "a" }))
+        .await;
+    h.wait_for(&a2, &["SUCCEEDED"], Duration::from_secs(30))
+        .await;
     for id in &b_ids {
         let e = h.get(id).await;
         assert_eq!(
@@ -350,7 +354,7 @@ async fn a_worker_for_tier_a_never_claims_tier_b(pool: PgPool) {
         h.worker_stats[0]
             .claimed
             .load(std::sync::atomic::Ordering::Relaxed),
-        1
+        2
     );
 }
 
