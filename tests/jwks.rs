@@ -1,5 +1,5 @@
 //! JWTs signed by an identity provider: Sluice fetches the provider's JWKS document over
-//! HTTP and checks RS256, PS256, ES256, ES384 and EdDSA tokens with its keys; rotations
+//! HTTP and checks RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA tokens with its keys; rotations
 //! are picked up, withdrawn keys stop working, and an unreachable provider is a 503 (the
 //! token is not to blame) while keys already held keep working.
 //!
@@ -38,6 +38,23 @@ impl Signer {
     fn ps256() -> Signer {
         let key = sig::RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
         Signer::Rsa(key, &sig::RSA_PSS_SHA256, "PS256")
+    }
+
+    /// The other RSA algorithms: PKCS#1 v1.5 and PSS with SHA-384 and SHA-512.
+    fn rsa_others() -> Vec<Signer> {
+        let encodings: [(&'static dyn sig::RsaEncoding, &'static str); 4] = [
+            (&sig::RSA_PKCS1_SHA384, "RS384"),
+            (&sig::RSA_PKCS1_SHA512, "RS512"),
+            (&sig::RSA_PSS_SHA384, "PS384"),
+            (&sig::RSA_PSS_SHA512, "PS512"),
+        ];
+        encodings
+            .into_iter()
+            .map(|(encoding, alg)| {
+                let key = sig::RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+                Signer::Rsa(key, encoding, alg)
+            })
+            .collect()
     }
 
     fn es256() -> Signer {
@@ -182,13 +199,14 @@ async fn list_as(h: &Harness, token: &str) -> (StatusCode, String) {
 
 #[sqlx::test]
 async fn tokens_of_every_asymmetric_algorithm_check_out_against_the_providers_keys(pool: PgPool) {
-    let signers = [
+    let mut signers = vec![
         Signer::rs256(),
         Signer::ps256(),
         Signer::es256(),
         Signer::es384(),
         Signer::eddsa(),
     ];
+    signers.extend(Signer::rsa_others());
     let mut keys: Vec<Value> = signers
         .iter()
         .enumerate()
@@ -241,10 +259,23 @@ async fn tokens_of_every_asymmetric_algorithm_check_out_against_the_providers_ke
         list_as(&h, &stranger.token("k0", "svc")).await,
         (StatusCode::UNAUTHORIZED, "invalid_token_signature".into())
     );
-    // A kid the provider does not know.
-    assert_eq!(
-        list_as(&h, &signers[0].token("nobody", "svc")).await,
-        (StatusCode::UNAUTHORIZED, "invalid_token".into())
+    // A kid the provider does not know: the document is fetched again in case the keys
+    // rotated, but made-up kids cannot make Sluice fetch more than once per MIN_REFETCH.
+    let started = std::time::Instant::now();
+    let before = provider.fetches.load(Ordering::SeqCst);
+    for i in 0..20 {
+        assert_eq!(
+            list_as(&h, &signers[0].token(&format!("nobody-{i}"), "svc")).await,
+            (StatusCode::UNAUTHORIZED, "invalid_token".into())
+        );
+    }
+    let refetches = provider.fetches.load(Ordering::SeqCst) - before;
+    // At most once per 2 s (the README's figure, sluice::auth::jwks::MIN_REFETCH).
+    let allowed = 1 + (started.elapsed().as_secs_f64() / 2.0) as usize;
+    assert!(
+        refetches <= allowed,
+        "{refetches} fetches for 20 unknown kids in {:?}",
+        started.elapsed()
     );
     // An alg the key was not made for: the key's type and its `alg` decide, not the token.
     assert_eq!(

@@ -271,6 +271,90 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn issuer_and_audience_are_checked_when_configured() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let config = JwtConfig {
+            issuer: Some("https://idp.example".into()),
+            audience: Some("sluice".into()),
+            ..jwt_config(secret)
+        };
+        let token = |iss: serde_json::Value, aud: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub": "s", "tenant": "t", "exp": 1000});
+            if !iss.is_null() {
+                claims["iss"] = iss;
+            }
+            if !aud.is_null() {
+                claims["aud"] = aud;
+            }
+            sign_jwt(&claims, secret)
+        };
+        let iss = || serde_json::json!("https://idp.example");
+        let ok = [
+            token(iss(), serde_json::json!("sluice")),
+            token(iss(), serde_json::json!(["other", "sluice"])),
+        ];
+        for t in &ok {
+            assert!(verify_jwt(t, &config, 0).await.is_ok());
+        }
+        let wrong = [
+            (
+                token(serde_json::Value::Null, serde_json::json!("sluice")),
+                "wrong issuer",
+            ),
+            (
+                token(
+                    serde_json::json!("https://evil.example"),
+                    serde_json::json!("sluice"),
+                ),
+                "wrong issuer",
+            ),
+            (token(iss(), serde_json::Value::Null), "wrong audience"),
+            (token(iss(), serde_json::json!("other")), "wrong audience"),
+            (
+                token(iss(), serde_json::json!(["a", "b"])),
+                "wrong audience",
+            ),
+        ];
+        for (t, why) in &wrong {
+            assert_eq!(
+                verify_jwt(t, &config, 0).await.unwrap_err(),
+                AuthError::InvalidToken((*why).into())
+            );
+        }
+        // Unconfigured, neither claim is looked at.
+        assert!(
+            verify_jwt(&wrong[1].0, &jwt_config(secret), 0)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn quota_admin_and_cap_claims_reach_the_principal() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let token = sign_jwt(
+            &serde_json::json!({
+                "sub": "svc", "tenant": "acme", "exp": 1000, "quota_key": "team-a",
+                "admin": true, "max_running": 3, "tiers": ["a", "b"],
+            }),
+            secret,
+        );
+        let p = verify_jwt(&token, &jwt_config(secret), 0).await.unwrap();
+        assert_eq!(p.quota_key, "team-a");
+        assert!(p.admin);
+        assert_eq!(p.scope(), None, "an admin sees every tenant");
+        assert_eq!(p.max_running, Some(3));
+        let plain = sign_jwt(
+            &serde_json::json!({"sub": "svc", "tenant": "acme", "exp": 1000}),
+            secret,
+        );
+        let p = verify_jwt(&plain, &jwt_config(secret), 0).await.unwrap();
+        assert!(!p.admin);
+        assert_eq!(p.scope(), Some("acme"));
+        assert_eq!(p.max_running, None);
+    }
+
+    #[tokio::test]
     async fn alg_none_is_refused() {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"x","tenant":"t","exp":99999999999}"#);
