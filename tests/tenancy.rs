@@ -1,5 +1,6 @@
 //! Tiers and tenants: fair claims, running and queue caps, tier settings (readonly,
-//! bounds, SQL size), failover between URLs, tiers without workers, quota keys.
+//! bounds, SQL size), failover between URLs (never sending a query twice), tiers without
+//! workers, quota keys (and tiers that keep them), priority within a tenant only.
 
 mod common;
 
@@ -455,4 +456,176 @@ async fn the_principals_quota_key_reaches_clickhouse(pool: PgPool) {
     a.wait_for(&id, &["CANCELED"], Duration::from_secs(30))
         .await;
     assert_eq!(running_on_clickhouse(&query_id).await, 0);
+}
+
+/// The order in which executions started (by `started_at`), as tenant names.
+async fn start_order(pool: &PgPool) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT tenant FROM executions WHERE started_at IS NOT NULL ORDER BY started_at, id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(t,)| t).collect()
+}
+
+#[sqlx::test]
+async fn priority_never_lets_one_tenant_jump_another(pool: PgPool) {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            workers: vec![],
+            tier_extra: "concurrency = 1".into(),
+            auth_extra: two_tenants(""),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (a, b) = (h.as_principal(KEY_A), h.as_principal(KEY_B));
+    let mut b_ids = Vec::new();
+    for i in 0..4 {
+        b_ids.push(b.submit_ok(json!({"sql": format!("SELECT {i}")})).await);
+    }
+    // Tenant a's urgent work arrives after b's: it goes first within a, not before b.
+    let mut a_ids = Vec::new();
+    for i in 0..4 {
+        let body = json!({"sql": format!("SELECT 'urgent' || toString({i})"), "priority": 9});
+        a_ids.push(a.submit_ok(body).await);
+    }
+    let (_stop, _worker) = h.spawn_worker("default");
+    for (who, ids) in [(&a, &a_ids), (&b, &b_ids)] {
+        for id in ids {
+            who.wait_for(id, &["SUCCEEDED"], Duration::from_secs(60))
+                .await;
+        }
+    }
+    let order = start_order(&pool).await;
+    assert_eq!(order.len(), 8);
+    // One slot, so each claim weighs the two tenants' heads as equals (neither runs
+    // anything): the older, b's priority-0 head, goes first; a's priority 9 counts only
+    // against a's own work.
+    assert_eq!(
+        order[0], "b",
+        "a's priority jumped b's older work: {order:?}"
+    );
+}
+
+#[sqlx::test]
+async fn a_keys_max_running_overrides_the_tiers_cap(pool: PgPool) {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            tier_extra: "max_running_per_tenant = 3".into(),
+            auth_extra: two_tenants("max_running = 1"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (a, b) = (h.as_principal(KEY_A), h.as_principal(KEY_B));
+    let mut a_ids = Vec::new();
+    let mut b_ids = Vec::new();
+    for i in 0..4 {
+        a_ids.push(
+            a.submit_ok(json!({"sql": format!("SELECT sleep(0.3), {i}")}))
+                .await,
+        );
+        b_ids.push(
+            b.submit_ok(json!({"sql": format!("SELECT sleep(0.3), {i}")}))
+                .await,
+        );
+    }
+    for (who, ids) in [(&a, &a_ids), (&b, &b_ids)] {
+        for id in ids {
+            who.wait_for(id, &["SUCCEEDED"], Duration::from_secs(60))
+                .await;
+        }
+    }
+    // Most executions of each tenant that overlapped in time, from their timings.
+    let most = |tenant: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT max(n) FROM (SELECT (SELECT count(*) FROM executions o \
+                     WHERE o.tenant = e.tenant AND o.started_at <= e.started_at \
+                       AND o.finished_at > e.started_at) AS n \
+                 FROM executions e WHERE e.tenant = $1) x",
+            )
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    assert_eq!(most("a").await, 1, "alice's key allows one at a time");
+    assert!(most("b").await > 1, "bob runs under the tier's cap of 3");
+}
+
+#[sqlx::test]
+async fn a_tier_may_keep_the_quota_key_to_itself(pool: PgPool) {
+    let h = Harness::with(
+        pool,
+        Setup {
+            tiers: vec!["default", "noquota"],
+            workers: vec!["noquota"],
+            tier_extra: "send_quota_key = false".into(),
+            auth_extra: key_entry("carol", KEY_A, "a", "quota_key = \"team-carol\""),
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = h.as_principal(KEY_A);
+    let id = a
+        .submit_ok(json!({"sql": LONG_SQL, "settings": long_settings(), "tier": "noquota"}))
+        .await;
+    let query_id = a.wait_running_on_clickhouse(&id).await;
+    let quota_key = clickhouse_text(&format!(
+        "SELECT quota_key FROM system.processes WHERE query_id = '{query_id}' FORMAT TSV"
+    ))
+    .await;
+    assert_eq!(quota_key.trim(), "", "no quota key is sent");
+    a.cancel(&id).await;
+    a.wait_for(&id, &["CANCELED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(running_on_clickhouse(&query_id).await, 0);
+}
+
+#[sqlx::test]
+async fn failover_never_sends_a_query_twice(pool: PgPool) {
+    // The first URL goes through a proxy that dies while the query runs there.
+    let proxy = Proxy::start().await;
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec!["replicas"],
+            extra: format!(
+                "[tiers.replicas]\nclickhouse_url = [\"{}\", \"{}\"]\nmax_attempts = 1\n{}",
+                proxy.url(),
+                clickhouse_url(),
+                tier_users()
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h
+        .submit_ok(json!({
+            "sql": "SELECT number, sleepEachRow(0.5) AS s FROM system.numbers LIMIT 6",
+            "settings": { "max_block_size": 1 },
+            "tier": "replicas",
+        }))
+        .await;
+    let query_id = h.wait_running_on_clickhouse(&id).await;
+    proxy.stop();
+    let e = h.wait_terminal(&id).await;
+    // The first server had the query and may have run it: the second URL must not get
+    // it again within the attempt (it would succeed there, or clash with the first as
+    // the same query_id). The attempt fails as the server's loss.
+    assert_eq!(e["status"], "FAILED", "{e}");
+    assert_eq!(e["error"]["code"], "CLICKHOUSE_UNAVAILABLE", "{e}");
+    assert_eq!(e["attempt"], 1);
+    eventually(Duration::from_secs(30), "the cut query ends", || async {
+        running_on_clickhouse(&query_id).await == 0
+    })
+    .await;
 }
