@@ -124,8 +124,9 @@ async fn the_queue_cap_answers_429_with_retry_after(pool: PgPool) {
     )
     .await;
     let (a, b) = (h.as_principal(KEY_A), h.as_principal(KEY_B));
+    let mut queued = Vec::new();
     for i in 0..3 {
-        a.submit_ok(json!({"sql": format!("SELECT {i}")})).await;
+        queued.push(a.submit_ok(json!({"sql": format!("SELECT {i}")})).await);
     }
     let r = a
         .http
@@ -144,6 +145,20 @@ async fn the_queue_cap_answers_429_with_retry_after(pool: PgPool) {
         (status, &v["outcome"]),
         (StatusCode::OK, &json!("collapsed"))
     );
+    // Replacing a queued execution (its query_id, other SQL) adds nothing either.
+    let query_id = a.get(&queued[1]).await["query_id"].clone();
+    let (status, v) = a
+        .submit(json!({"sql": "SELECT 'replacement'", "query_id": query_id}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (&v["outcome"], &v["superseded"]),
+        (&json!("superseded"), &json!(queued[1])),
+        "{v}"
+    );
+    assert_eq!(a.get(&queued[1]).await["error"]["code"], "SUPERSEDED");
+    let (status, _) = a.submit(json!({"sql": "SELECT 100"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "still three queued");
     // The cap is per tenant.
     b.submit_ok(json!({"sql": "SELECT 99"})).await;
 
