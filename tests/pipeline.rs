@@ -91,22 +91,27 @@ async fn every_format_round_trips_byte_for_byte(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "./migrations")]
-async fn parquet_on_an_old_server_fails_with_a_clear_error(pool: PgPool) {
+async fn formats_an_old_server_lacks_fail_with_a_clear_error(pool: PgPool) {
     if is_modern().await {
-        return; // covered by the round trip above on servers that have Parquet
+        return; // covered by the round trip above on servers that have them
     }
     let h = Harness::start(pool).await;
-    let id = h
-        .submit_ok(json!({ "sql": "SELECT 1", "format": "Parquet" }))
-        .await;
-    let e = h.wait_terminal(&id).await;
-    assert_eq!(e["status"], "FAILED");
-    assert_eq!(e["error"]["code"], "UNSUPPORTED_BY_SERVER");
-    let message = e["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("format Parquet is not one this tier's server (ClickHouse 18.16) writes"),
-        "{message}"
-    );
+    for format in ["Parquet", "Arrow", "ArrowStream"] {
+        let id = h
+            .submit_ok(json!({ "sql": "SELECT 1", "format": format }))
+            .await;
+        let e = h.wait_terminal(&id).await;
+        assert_eq!(e["status"], "FAILED", "{e}");
+        assert_eq!(e["error"]["code"], "UNSUPPORTED_BY_SERVER", "{e}");
+        assert_eq!(e["attempt"], 1, "not retried: {e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "format {format} is not one this tier's server (ClickHouse 18.16) writes"
+            )),
+            "{message}"
+        );
+    }
 }
 
 #[sqlx::test(migrations = "./migrations")]

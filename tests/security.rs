@@ -150,7 +150,7 @@ async fn a_valid_jwt_acts_for_its_claims_and_open_routes_need_nothing(pool: PgPo
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     let open = reqwest::Client::new();
-    for path in ["/health", "/openapi.json", "/metrics"] {
+    for path in ["/health", "/ready", "/openapi.json", "/docs/", "/metrics"] {
         let r = open.get(h.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path} is open");
     }
