@@ -1158,6 +1158,13 @@ mod tests {
     fn transient_errors_are_the_servers_not_the_querys() {
         assert!(EngineError::Transport("connection refused".into()).is_transient());
         assert!(server(202, "Too many simultaneous queries").is_transient());
+        // Every code the README lists as "try later", and none of the query's own.
+        for code in [202, 203, 209, 210, 242, 319, 999] {
+            assert!(server(code, "x").is_transient(), "{code}");
+        }
+        for code in [62, 60, 47, 159, 160, 396, 394, 164, 497] {
+            assert!(!server(code, "x").is_transient(), "{code}");
+        }
         assert!(server(241, "Memory limit (total) exceeded: would use 10 GiB").is_transient());
         assert!(!server(241, "Memory limit (for query) exceeded").is_transient());
         assert!(!server(62, "Syntax error").is_transient());
