@@ -14,6 +14,8 @@ pub struct OutageLog {
     every: Duration,
     last_logged: Option<Instant>,
     suppressed: u64,
+    /// Failures since the operation last worked, reported when it works again.
+    failures: u64,
     down_since: Option<Instant>,
 }
 
@@ -24,6 +26,7 @@ impl OutageLog {
             every: Duration::from_secs(30),
             last_logged: None,
             suppressed: 0,
+            failures: 0,
             down_since: None,
         }
     }
@@ -31,6 +34,7 @@ impl OutageLog {
     pub fn failure(&mut self, error: &dyn Display) {
         let now = Instant::now();
         let since = *self.down_since.get_or_insert(now);
+        self.failures += 1;
         if self.last_logged.is_none_or(|t| now - t >= self.every) {
             warn!(
                 operation = self.what,
@@ -48,9 +52,15 @@ impl OutageLog {
 
     pub fn success(&mut self) {
         if let Some(since) = self.down_since.take() {
-            info!(operation = self.what, down_for = ?since.elapsed(), "operation works again");
+            info!(
+                operation = self.what,
+                down_for = ?since.elapsed(),
+                failures = self.failures,
+                "operation works again"
+            );
             self.last_logged = None;
             self.suppressed = 0;
+            self.failures = 0;
         }
     }
 }
@@ -121,7 +131,9 @@ mod tests {
         log.failure(&"down");
         log.failure(&"down");
         assert_eq!(log.suppressed, 2);
+        assert_eq!(log.failures, 3);
         log.success();
+        assert_eq!(log.failures, 0);
         assert!(log.down_since.is_none());
     }
 }

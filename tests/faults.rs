@@ -392,3 +392,96 @@ async fn a_postgres_outage_loses_nothing_and_the_api_answers_503() {
     let (status, _) = h.submit(json!({ "sql": "SELECT 1" })).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+/// The operator's view of a Postgres outage: each failing operation of a worker and a
+/// bookkeeper (processes of their own) logs once per 30 s, not once per try, and once
+/// more when it works again; the bookkeeper logs losing its leadership with its session
+/// and becoming the leader again.
+#[tokio::test]
+async fn an_outage_is_logged_once_per_operation_and_leadership_changes_are_logged() {
+    let mut pg = PrivatePostgres::start().await;
+    let pool = pg.migrated_pool().await;
+    let h = Harness::with(pool.clone(), fast()).await;
+    let config = write_config(&h, &pool, &fast());
+    let dir = h.results_dir.path();
+    let (worker_log, bk_log) = (dir.join("worker.log"), dir.join("bookkeeper.log"));
+    let _worker = spawn_sluice_logged(&config, &["worker", "--tier", "default"], &worker_log);
+    let _bk = spawn_sluice_logged(&config, &["bookkeeper"], &bk_log);
+    eventually(Duration::from_secs(30), "the bookkeeper leads", || async {
+        logged(&log_lines(&bk_log), "became the leader").len() == 1
+    })
+    .await;
+    let failing = "operation failing; retrying with backoff";
+    pool.close().await;
+    pg.stop();
+    eventually(Duration::from_secs(30), "the worker notices", || async {
+        !logged(&log_lines(&worker_log), failing).is_empty()
+    })
+    .await;
+    // The outage itself (not a synchronisation): long enough for each operation to fail
+    // more than once, each try waiting out the pool's 5 s acquire timeout.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    pg.restart().await;
+    // Every operation that logged the outage logs its end.
+    let all_recovered = |log: std::path::PathBuf| {
+        let lines = log_lines(&log);
+        let again = logged(&lines, "operation works again");
+        logged(&lines, failing).iter().all(|f| {
+            again
+                .iter()
+                .any(|a| a["fields"]["operation"] == f["fields"]["operation"])
+        })
+    };
+    eventually(
+        Duration::from_secs(30),
+        "every operation works again",
+        || {
+            let done = all_recovered(worker_log.clone()) && all_recovered(bk_log.clone());
+            async move { done }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the bookkeeper leads again",
+        || async { logged(&log_lines(&bk_log), "became the leader").len() == 2 },
+    )
+    .await;
+
+    for log in [&worker_log, &bk_log] {
+        let lines = log_lines(log);
+        let failures = logged(&lines, failing);
+        assert!(!failures.is_empty(), "{log:?} logged the outage");
+        let mut operations: Vec<&str> = failures
+            .iter()
+            .map(|l| l["fields"]["operation"].as_str().unwrap())
+            .collect();
+        let logged_ops = operations.len();
+        operations.sort();
+        operations.dedup();
+        assert_eq!(
+            logged_ops,
+            operations.len(),
+            "{log:?}: an operation logged its outage more than once in 30 s: {failures:?}"
+        );
+        // Each says how often it failed when it works again: more than once, logged once.
+        for op in &operations {
+            let again: Vec<_> = logged(&lines, "operation works again")
+                .into_iter()
+                .filter(|l| l["fields"]["operation"] == *op)
+                .collect();
+            assert_eq!(again.len(), 1, "{log:?}: {op} works again: {again:?}");
+            let failed = again[0]["fields"]["failures"].as_u64().unwrap();
+            eprintln!("{log:?}: {op} failed {failed} times, logged once");
+            if *op == "claim" || *op == "bookkeeper leadership" {
+                assert!(failed > 1, "{op} was tried more than once: {failed}");
+            }
+        }
+    }
+    let bk_lines = log_lines(&bk_log);
+    assert_eq!(
+        logged(&bk_lines, "lost leadership: its Postgres session ended").len(),
+        1,
+        "{bk_lines:?}"
+    );
+}

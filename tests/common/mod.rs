@@ -632,6 +632,42 @@ pub fn spawn_sluice(config: &std::path::Path, args: &[&str]) -> Process {
     Process(child)
 }
 
+/// Like [`spawn_sluice`], with its info-level log lines (JSON, one per line) in `log`.
+pub fn spawn_sluice_logged(
+    config: &std::path::Path,
+    args: &[&str],
+    log: &std::path::Path,
+) -> Process {
+    let file = std::fs::File::create(log).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+/// The JSON log lines of a [`spawn_sluice_logged`] process so far.
+pub fn log_lines(log: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The log lines whose message is `message`.
+pub fn logged<'a>(lines: &'a [Value], message: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
+
 /// A TCP proxy to the test ClickHouse that a test can stop and restart on the same port:
 /// stopping it refuses new connections and cuts open ones, as a ClickHouse outage does.
 pub struct Proxy {
