@@ -115,9 +115,11 @@ async fn a_killed_worker_s_execution_is_retried_elsewhere_and_its_query_killed(p
 #[sqlx::test(migrations = "./migrations")]
 async fn a_frozen_worker_cannot_overwrite_the_execution_after_it_is_reclaimed(pool: PgPool) {
     let h = Harness::with(pool.clone(), fast()).await;
-    let mut a = spawn_sluice(
+    let log = h.results_dir.path().join("stale-worker.log");
+    let mut a = spawn_sluice_logged(
         &child_worker_config(&h, &pool),
         &["worker", "--tier", "default"],
+        &log,
     );
     let id = h.submit_ok(four_second_query()).await;
     h.wait_running_on_clickhouse(&id).await;
@@ -131,8 +133,20 @@ async fn a_frozen_worker_cannot_overwrite_the_execution_after_it_is_reclaimed(po
     assert_eq!(e["attempt"], 2);
 
     a.signal(Signal::SIGCONT);
-    // Give the stale worker time to wake, notice and give up.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The stale worker wakes, finds its lease gone and gives the attempt up.
+    eventually(
+        Duration::from_secs(30),
+        "the stale worker gives up",
+        || async {
+            log_lines(&log).iter().any(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("lease lost"))
+                    && l["span"]["execution_id"] == id.as_str()
+            })
+        },
+    )
+    .await;
     assert!(a.is_running(), "the stale worker survives its lost lease");
     let after = h.get(&id).await;
     assert_eq!(after["status"], "SUCCEEDED");
