@@ -955,11 +955,12 @@ impl PrivatePostgres {
     /// A fast shutdown (SIGINT): sessions are ended and the port closes, as when the
     /// database is restarted or fails over.
     pub fn stop(&mut self) {
+        self.shut_down(nix::sys::signal::Signal::SIGINT);
+    }
+
+    fn shut_down(&mut self, how: nix::sys::signal::Signal) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), how);
             let _ = c.wait();
         }
     }
@@ -973,14 +974,8 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // Immediate shutdown: the data dir goes with the test.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGQUIT,
-            );
-            let _ = c.wait();
-        }
+        // Immediate shutdown: the data dir goes with the test.
+        self.shut_down(nix::sys::signal::Signal::SIGQUIT);
     }
 }
 
