@@ -887,7 +887,7 @@ impl PrivatePostgres {
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        as_postgres(&mut initdb);
+        as_postgres(&mut initdb, dir.path());
         assert!(initdb.status().unwrap().success(), "initdb");
         let mut pg = PrivatePostgres {
             dir,
@@ -930,7 +930,7 @@ impl PrivatePostgres {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .stdout(std::process::Stdio::null())
             .stderr(log);
-        as_postgres(&mut cmd);
+        as_postgres(&mut cmd, d);
         self.child = Some(cmd.spawn().expect("the private Postgres starts"));
         let url = self.url();
         eventually(
@@ -1007,8 +1007,11 @@ fn postgres_ids() -> Option<(u32, u32)> {
     Some((user.uid.as_raw(), user.gid.as_raw()))
 }
 
-fn as_postgres(cmd: &mut std::process::Command) {
+fn as_postgres(cmd: &mut std::process::Command, dir: &std::path::Path) {
     use std::os::unix::process::CommandExt;
+    // Postgres' tools look up their working directory: it must be one they may enter
+    // (a checkout under /root is not).
+    cmd.current_dir(dir);
     if let Some((uid, gid)) = postgres_ids() {
         cmd.uid(uid).gid(gid);
     }
