@@ -10,6 +10,7 @@ use common::*;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sluice::store::queue::Fence;
 use sqlx::PgPool;
 
 const KEY_A: &str = "sk_test_tenant_a";
@@ -643,4 +644,47 @@ async fn failover_never_sends_a_query_twice(pool: PgPool) {
         running_on_clickhouse(&query_id).await == 0
     })
     .await;
+}
+
+#[sqlx::test]
+async fn concurrent_claims_never_exceed_the_running_cap(pool: PgPool) {
+    // Claims of two workers at the very same moment, many times over: both see tenant a
+    // run nothing, yet together they take two. (Two things hold the cap here: the claims
+    // of a capped tier serialize on an advisory lock, and a claim only ever takes a
+    // tenant's top-ranked candidates, which the other skips as locked. Without the lock
+    // this test still passes; cargo-mutants reports that mutant as surviving.)
+    let h = Harness::with(
+        pool,
+        Setup {
+            workers: vec![],
+            tier_extra: "max_running_per_tenant = 2".into(),
+            auth_extra: two_tenants(""),
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = h.as_principal(KEY_A);
+    for i in 0..12 {
+        a.submit_ok(json!({"sql": format!("SELECT {i}")})).await;
+    }
+    let lease = Duration::from_secs(60);
+    for round in 0..30 {
+        let (first, second) = tokio::join!(
+            h.store.claim("default", "w1", 4, lease, true),
+            h.store.claim("default", "w2", 4, lease, true),
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(
+            first.len() + second.len(),
+            2,
+            "round {round}: the cap of 2 is used and never exceeded"
+        );
+        for (e, w) in first
+            .iter()
+            .map(|e| (e, "w1"))
+            .chain(second.iter().map(|e| (e, "w2")))
+        {
+            assert!(h.store.hand_back(&Fence::of(e, w)).await.unwrap());
+        }
+    }
 }
