@@ -375,7 +375,6 @@ async fn max_attempts_and_retention_are_bounded_by_the_tier(pool: PgPool) {
         sluice::bookkeeper::Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
     let other = h.submit_ok(json!({"sql": "SELECT 'kept'"})).await;
     h.wait_terminal(&other).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     eventually(Duration::from_secs(10), "its result expires", || async {
         bk.expire_pass().await.unwrap();
         h.get(&id).await["status"] == "EXPIRED"
