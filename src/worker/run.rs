@@ -494,20 +494,7 @@ impl Worker {
             self.columns.put(&execution.query_hash, columns);
         }
 
-        let w = writer
-            .take()
-            .ok_or_else(|| ResultsError::NotFound(key.clone()))?;
-        let started = Instant::now();
-        let finished = w.finish().await;
-        step("store_write", started);
-        let bytes = match finished {
-            Ok(n) => n,
-            Err(e) => {
-                // A failed completion may still have left an object behind.
-                let _ = self.results.delete(&key).await;
-                return Err(e.into());
-            }
-        };
+        let bytes = self.finish_object(writer, &key).await?;
         Ok(ResultMeta {
             object_key: key,
             format,
@@ -517,6 +504,28 @@ impl Worker {
             row_index: streamed.row_index,
             truncated: streamed.truncated,
         })
+    }
+
+    /// Completes the object `writer` wrote under `key`; its size.
+    async fn finish_object(
+        &self,
+        writer: &mut Option<ResultWriter>,
+        key: &str,
+    ) -> Result<u64, Failure> {
+        let w = writer
+            .take()
+            .ok_or_else(|| ResultsError::NotFound(key.to_string()))?;
+        let started = Instant::now();
+        let finished = w.finish().await;
+        step("store_write", started);
+        match finished {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                // A failed completion may still have left an object behind.
+                let _ = self.results.delete(key).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// Sends the query and streams its response into a new writer left in `writer`,
