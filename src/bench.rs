@@ -437,7 +437,7 @@ impl Bench {
             "backlog of {n} `SELECT n`, {workers} worker(s) of concurrency {}: submitted at {:.0}/s \
              from {} connections; drained at {drain:.0} executions/s (first created -> last finished, \
              {:.2} s) = {:.1} % of the ceiling ({ceiling:.0} q/s, the mean of before and after); \
-             {} of {} SUCCEEDED; RUNNING at once: {:.1} on average, at most {}; mean run time {:.2} ms",
+             {} of {} SUCCEEDED; RUNNING at once (started -> finished, writing the outcome included): {:.1} on average, at most {}; mean run time {:.2} ms",
             self.concurrency,
             n as f64 / submit_secs,
             self.concurrency,

@@ -400,13 +400,16 @@ pub struct PendingCompletion {
 ///
 /// On a connection of its own that keeps one generic plan for the statement: Postgres
 /// would otherwise plan it anew for every batch (its arrays change length), which cost
-/// about as much as running it.
+/// about as much as running it. That plan is made once, often when the table is nearly
+/// empty, and a plan made then scans the whole table for every batch (measured: at
+/// 20,000 rows, 4,356 sequential scans in one bench run and a drain 40 % slower), so
+/// sequential scans are off on this connection: looking the batch's ids up in the
+/// primary key is right at any size.
 async fn write_completions(pool: PgPool, mut pending: mpsc::UnboundedReceiver<PendingCompletion>) {
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options([("plan_cache_mode", "force_generic_plan")]);
+    let options = pool.connect_options().as_ref().clone().options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+    ]);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5))

@@ -4,8 +4,12 @@
 //! Queue semantics (the SQL is in `store::queue`):
 //! - It claims up to its free slots (`tiers.<t>.concurrency`) in one statement with
 //!   `FOR UPDATE SKIP LOCKED`, so any number of workers share a tier without double
-//!   claims, and never touches another tier's rows. Every slot counts: finished tasks
-//!   are reaped before free slots are counted.
+//!   claims, and never touches another tier's rows. A slot is an execution with work on
+//!   ClickHouse: it is given back as soon as that work is over, before the outcome is
+//!   written to Postgres (under a backlog, waiting for the batch of completions took
+//!   most of a short execution's slot time). At most `concurrency` more may be writing
+//!   their outcomes at once, so a slow Postgres slows claims rather than piling up
+//!   finished work.
 //! - While executions run, a claim waits until a quarter of the slots are free or
 //!   [`CLAIM_COOLDOWN`] (5 ms) has passed since the last one, so a backlog of short
 //!   executions is claimed a handful at a time rather than one per statement; an idle
@@ -28,11 +32,11 @@ mod rows;
 mod run;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
@@ -183,6 +187,8 @@ impl Worker {
 
         let running: Running = Arc::default();
         let mut tasks = JoinSet::new();
+        let slot_freed = Arc::new(Notify::new());
+        let on_clickhouse = Arc::new(AtomicUsize::new(0));
         // Whether work may be waiting: set by a wake-up, a finished execution or the poll.
         let mut want_claim = true;
         let mut last_claim = Instant::now() - CLAIM_COOLDOWN;
@@ -191,20 +197,30 @@ impl Worker {
         let mut claim_log = crate::outage::OutageLog::new("claim");
         while !shutdown.is_cancelled() {
             // A finished task counts in the JoinSet until it is joined: reap them all
-            // before counting free slots. (Joining one per wake-up made every claim after
-            // the first completion ask for one execution: 16 slots ran like 1.)
+            // before counting. (Joining one per wake-up made every claim after the first
+            // completion ask for one execution: 16 slots ran like 1.)
             while tasks.try_join_next().is_some() {}
-            let free = slots.saturating_sub(tasks.len());
+            let busy = on_clickhouse.load(Ordering::Acquire);
+            // Free slots, and room among the tasks still writing their outcomes.
+            let free = slots
+                .saturating_sub(busy)
+                .min((2 * slots).saturating_sub(tasks.len()));
             // A claim is one statement whatever it takes, so under a backlog it waits
             // until a quarter of the slots are free, or CLAIM_COOLDOWN has passed since
             // the last one: a slot idles at most that long, and claims stay few.
-            let worth_it = tasks.is_empty()
-                || free >= claim_batch(slots)
-                || last_claim.elapsed() >= CLAIM_COOLDOWN;
+            let worth_it =
+                busy == 0 || free >= claim_batch(slots) || last_claim.elapsed() >= CLAIM_COOLDOWN;
             if want_claim && free > 0 && worth_it {
                 last_claim = Instant::now();
                 want_claim = false;
-                match self.claim_and_start(free, &mut tasks, &running).await {
+                let slots = Slots {
+                    busy: &on_clickhouse,
+                    freed: &slot_freed,
+                };
+                match self
+                    .claim_and_start(free, slots, &mut tasks, &running)
+                    .await
+                {
                     Ok(_) => claim_log.success(),
                     Err(e) => claim_log.failure(&e),
                 }
@@ -214,6 +230,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => want_claim = true,
+                _ = slot_freed.notified() => want_claim = true,
                 Some(event) = events.recv() => match event {
                     Event::Work => want_claim = true,
                     Event::Cancel(id) => {
@@ -305,6 +322,38 @@ impl Worker {
 /// The signals of the executions a worker runs, by id.
 type Running = Arc<Mutex<HashMap<Uuid, Signals>>>;
 
+/// The claim loop's count of slots in use, and its wake-up when one is given back.
+#[derive(Clone, Copy)]
+struct Slots<'a> {
+    busy: &'a Arc<AtomicUsize>,
+    freed: &'a Arc<Notify>,
+}
+
+impl Slots<'_> {
+    fn take(&self) -> Slot {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Slot {
+            busy: self.busy.clone(),
+            freed: self.freed.clone(),
+        }
+    }
+}
+
+/// One slot of the tier's `concurrency`, held by an execution while it has work on
+/// ClickHouse; dropping it gives it back and wakes the claim loop.
+pub(super) struct Slot {
+    busy: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        // Stored if the loop is not waiting yet: the wake-up is never lost.
+        self.freed.notify_one();
+    }
+}
+
 /// The longest a free slot waits for a claim while others run (see the claim loop).
 const CLAIM_COOLDOWN: Duration = Duration::from_millis(5);
 
@@ -314,10 +363,12 @@ fn claim_batch(slots: usize) -> usize {
 }
 
 impl Worker {
-    /// Claims up to `free` executions in one statement and starts each in `tasks`.
+    /// Claims up to `free` executions in one statement and starts each in `tasks`, each
+    /// holding a slot of `slots`.
     async fn claim_and_start(
         &self,
         free: usize,
+        slots: Slots<'_>,
         tasks: &mut JoinSet<()>,
         running: &Running,
     ) -> Result<usize, StoreError> {
@@ -342,9 +393,10 @@ impl Worker {
             lock(running).insert(execution.id, signals.clone());
             let worker = self.clone();
             let running = running.clone();
+            let slot = slots.take();
             tasks.spawn(async move {
                 let id = execution.id;
-                worker.execute(execution, signals).await;
+                worker.execute(execution, signals, slot).await;
                 lock(&running).remove(&id);
             });
         }

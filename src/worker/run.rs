@@ -23,8 +23,8 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::Worker;
 use super::rows::RowCounter;
+use super::{Slot, Worker};
 use futures::{FutureExt, StreamExt};
 
 use crate::clickhouse::{EngineError, External, HeaderReader, Query};
@@ -200,19 +200,22 @@ impl From<ResultsError> for Failure {
 }
 
 impl Worker {
-    pub(super) async fn execute(&self, execution: Execution, signals: Signals) {
+    pub(super) async fn execute(&self, execution: Execution, signals: Signals, slot: Slot) {
         let span = tracing::info_span!(
             "execution",
             execution_id = %execution.id,
             tier = %execution.tier,
             attempt = execution.attempt,
         );
-        self.attempt(execution, signals).instrument(span).await
+        self.attempt(execution, signals, slot)
+            .instrument(span)
+            .await
     }
 
     /// One attempt, top to bottom: produce the result under a heartbeat (or stop at a
-    /// signal), clean up what an interruption left, record the outcome, account for it.
-    async fn attempt(&self, execution: Execution, signals: Signals) {
+    /// signal), clean up what an interruption left, give the slot back, record the
+    /// outcome, account for it.
+    async fn attempt(&self, execution: Execution, signals: Signals, slot: Slot) {
         let claimed_at = Instant::now();
         let fence = Fence::of(&execution, &self.id);
         let query_id = execution.clickhouse_query_id();
@@ -279,6 +282,9 @@ impl Worker {
         if let Some(w) = writer.take() {
             w.abort().await;
         }
+        // Nothing of this attempt runs on ClickHouse any more: another may start while
+        // the outcome is written.
+        drop(slot);
 
         let written = self
             .record(&fence, &outcome, &beacons.final_progress())
