@@ -464,7 +464,8 @@ pub struct TierConfig {
     /// for such a server rather than key its quota.
     #[serde(default = "default_true")]
     pub send_quota_key: bool,
-    /// Executions of this tier one worker runs at once.
+    /// Statements of this tier one worker runs on ClickHouse at once (a slot is given back
+    /// when the query is over, before the outcome is written).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Runs of one execution before it is failed for good.
