@@ -169,9 +169,9 @@ impl Worker {
     }
 
     async fn run_in_span(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let slots = self.tier_config.concurrency;
+        let concurrency = self.tier_config.concurrency;
         self.check_user(&shutdown).await?;
-        info!(slots, "worker started");
+        info!(slots = concurrency, "worker started");
         let (events_tx, mut events) = mpsc::channel(1024);
         // Aborted however this future ends, including when it is dropped: the listener
         // holds a connection of its own.
@@ -187,8 +187,7 @@ impl Worker {
 
         let running: Running = Arc::default();
         let mut tasks = JoinSet::new();
-        let slot_freed = Arc::new(Notify::new());
-        let on_clickhouse = Arc::new(AtomicUsize::new(0));
+        let slots: Arc<Slots> = Arc::default();
         // Whether work may be waiting: set by a wake-up, a finished execution or the poll.
         let mut want_claim = true;
         let mut last_claim = Instant::now() - CLAIM_COOLDOWN;
@@ -200,25 +199,22 @@ impl Worker {
             // before counting. (Joining one per wake-up made every claim after the first
             // completion ask for one execution: 16 slots ran like 1.)
             while tasks.try_join_next().is_some() {}
-            let busy = on_clickhouse.load(Ordering::Acquire);
+            let busy = slots.busy();
             // Free slots, and room among the tasks still writing their outcomes.
-            let free = slots
+            let free = concurrency
                 .saturating_sub(busy)
-                .min((2 * slots).saturating_sub(tasks.len()));
+                .min((2 * concurrency).saturating_sub(tasks.len()));
             // A claim is one statement whatever it takes, so under a backlog it waits
             // until a quarter of the slots are free, or CLAIM_COOLDOWN has passed since
             // the last one: a slot idles at most that long, and claims stay few.
-            let worth_it =
-                busy == 0 || free >= claim_batch(slots) || last_claim.elapsed() >= CLAIM_COOLDOWN;
+            let worth_it = busy == 0
+                || free >= claim_batch(concurrency)
+                || last_claim.elapsed() >= CLAIM_COOLDOWN;
             if want_claim && free > 0 && worth_it {
                 last_claim = Instant::now();
                 want_claim = false;
-                let slots = Slots {
-                    busy: &on_clickhouse,
-                    freed: &slot_freed,
-                };
                 match self
-                    .claim_and_start(free, slots, &mut tasks, &running)
+                    .claim_and_start(free, &slots, &mut tasks, &running)
                     .await
                 {
                     Ok(_) => claim_log.success(),
@@ -230,7 +226,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => want_claim = true,
-                _ = slot_freed.notified() => want_claim = true,
+                _ = slots.freed.notified() => want_claim = true,
                 Some(event) = events.recv() => match event {
                     Event::Work => want_claim = true,
                     Event::Cancel(id) => {
@@ -322,35 +318,34 @@ impl Worker {
 /// The signals of the executions a worker runs, by id.
 type Running = Arc<Mutex<HashMap<Uuid, Signals>>>;
 
-/// The claim loop's count of slots in use, and its wake-up when one is given back.
-#[derive(Clone, Copy)]
-struct Slots<'a> {
-    busy: &'a Arc<AtomicUsize>,
-    freed: &'a Arc<Notify>,
+/// The slots of the tier's `concurrency` held by executions with work on ClickHouse,
+/// and the claim loop's wake-up when one is given back.
+#[derive(Default)]
+struct Slots {
+    busy: AtomicUsize,
+    freed: Notify,
 }
 
-impl Slots<'_> {
-    fn take(&self) -> Slot {
+impl Slots {
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    fn take(self: &Arc<Self>) -> Slot {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Slot {
-            busy: self.busy.clone(),
-            freed: self.freed.clone(),
-        }
+        Slot(self.clone())
     }
 }
 
-/// One slot of the tier's `concurrency`, held by an execution while it has work on
-/// ClickHouse; dropping it gives it back and wakes the claim loop.
-pub(super) struct Slot {
-    busy: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
-}
+/// One slot, held by an execution while it has work on ClickHouse; dropping it gives it
+/// back and wakes the claim loop.
+pub(super) struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
         // Stored if the loop is not waiting yet: the wake-up is never lost.
-        self.freed.notify_one();
+        self.0.freed.notify_one();
     }
 }
 
@@ -368,7 +363,7 @@ impl Worker {
     async fn claim_and_start(
         &self,
         free: usize,
-        slots: Slots<'_>,
+        slots: &Arc<Slots>,
         tasks: &mut JoinSet<()>,
         running: &Running,
     ) -> Result<usize, StoreError> {
