@@ -213,3 +213,30 @@ async fn reclaim_kills_the_orphaned_clickhouse_query(pool: PgPool) {
     assert_eq!(h.get(&id).await["status"], "PENDING");
     orphan.abort();
 }
+
+/// A reclaimed execution put back in the queue wakes its tier's workers at once: without
+/// the wake-up they would find it only on their next poll (`worker.poll_interval`).
+#[sqlx::test(migrations = "./migrations")]
+async fn a_reclaim_wakes_the_tier(pool: PgPool) {
+    let h = Harness::without_workers(pool).await;
+    let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
+    h.submit_ok(json!({ "sql": "SELECT 'woken'" })).await;
+    assert_eq!(
+        claim_as_dead_worker(&h, Duration::from_millis(1))
+            .await
+            .len(),
+        1
+    );
+    // Listening from here on: the submit's own wake-up is not heard.
+    let mut listener = h
+        .store
+        .listener(&[sluice::store::Channel::Work])
+        .await
+        .unwrap();
+    reclaim(&bk).await;
+    let woken = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the reclaim wakes the tier within 5 s")
+        .unwrap();
+    assert_eq!(woken.payload(), "default");
+}
