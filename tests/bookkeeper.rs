@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use sluice::bookkeeper::Bookkeeper;
-use sluice::execution::{ErrorCode, ErrorInfo, Format, ResultMeta};
+use sluice::execution::{ErrorCode, ErrorInfo};
 use sluice::store::queue::Fence;
 
 /// Claims the tier's pending work as a worker that then "dies" (never heartbeats).
@@ -25,15 +25,7 @@ async fn claim_as_dead_worker(h: &Harness, lease: Duration) -> Vec<Fence> {
 /// Every fenced write of a stale attempt: none may touch the execution.
 async fn assert_stale_writes_refused(h: &Harness, stale: &Fence) {
     let error = ErrorInfo::new(ErrorCode::ClickhouseError, "stale");
-    let stale_result = ResultMeta {
-        object_key: "stale-object".into(),
-        format: Format::JSONEachRow,
-        bytes: 1,
-        rows: Some(1),
-        columns: None,
-        row_index: None,
-        truncated: false,
-    };
+    let stale_result = result_without_object("stale-object");
     let store = &h.store;
     let progress = Default::default();
     assert!(

@@ -283,7 +283,6 @@ async fn a_backlog_keeps_every_slot_busy(pool: PgPool) {
 /// Autovacuum is off so that no ANALYZE replans the statement once the table has grown.
 #[sqlx::test(migrations = "./migrations")]
 async fn completions_never_scan_the_table(pool: PgPool) {
-    use sluice::execution::{Format, ResultMeta};
     use sluice::store::queue::Fence;
 
     sqlx::query("ALTER TABLE executions SET (autovacuum_enabled = false)")
@@ -295,15 +294,7 @@ async fn completions_never_scan_the_table(pool: PgPool) {
         h.submit_ok(json!({ "sql": format!("SELECT {i}") })).await;
     }
     let lease = Duration::from_secs(60);
-    let result = ResultMeta {
-        object_key: "no-object".into(),
-        format: Format::JSONEachRow,
-        bytes: 1,
-        rows: Some(1),
-        columns: None,
-        row_index: None,
-        truncated: false,
-    };
+    let result = result_without_object("no-object");
     let progress = Default::default();
     let claimed = h
         .store

@@ -1016,3 +1016,17 @@ fn as_postgres(cmd: &mut std::process::Command, dir: &std::path::Path) {
         cmd.uid(uid).gid(gid);
     }
 }
+
+/// A one-row JSONEachRow result whose object was never written: for tests that drive
+/// the store's completion directly.
+pub fn result_without_object(key: &str) -> sluice::execution::ResultMeta {
+    sluice::execution::ResultMeta {
+        object_key: key.into(),
+        format: sluice::execution::Format::JSONEachRow,
+        bytes: 1,
+        rows: Some(1),
+        columns: None,
+        row_index: None,
+        truncated: false,
+    }
+}
