@@ -337,22 +337,22 @@ async fn completions_never_scan_the_table(pool: PgPool) {
 /// are counted: statistics reach `pg_stat_user_tables` when each backend flushes them
 /// (within seconds), so waiting for the updates so far makes the scans so far counted.
 async fn rows_scanned_once_counted(pool: &PgPool, updates: i64) -> i64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (updated, scanned): (i64, i64) = sqlx::query_as(
-            "SELECT n_tup_upd, seq_tup_read FROM pg_stat_user_tables \
+    let scanned = &std::cell::Cell::new(0);
+    eventually(
+        Duration::from_secs(30),
+        "the updates are counted",
+        || async move {
+            let (updated, rows): (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, seq_tup_read FROM pg_stat_user_tables \
              WHERE relname = 'executions'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if updated >= updates {
-            return scanned;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{updated} of {updates} updates counted after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            scanned.set(rows);
+            updated >= updates
+        },
+    )
+    .await;
+    scanned.get()
 }
