@@ -318,6 +318,84 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
+/// The worker's LISTEN is what starts a submit and stops a cancel at once. Here its two
+/// fallbacks, the poll and the heartbeat (which also sees a cancel), are a minute apart,
+/// so neither can do it within the deadlines.
+#[sqlx::test(migrations = "./migrations")]
+async fn notifications_start_and_stop_work_without_the_fallbacks(pool: PgPool) {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            worker_extra: "poll_interval = \"60s\"\nlease = \"180s\"\nheartbeat = \"60s\"\n\
+                           shutdown_grace = \"2s\""
+                .into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the worker listens", || async {
+        worker_listeners(&pool).await == 1
+    })
+    .await;
+    for i in 0..3 {
+        // The claim the worker makes after each completion (or at start) is over: from
+        // here only a notification can wake it before the poll.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let id = h.submit_ok(json!({ "sql": format!("SELECT {i}") })).await;
+        h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(5))
+            .await;
+    }
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = h
+        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
+        .await;
+    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(5)).await;
+    let query_id = format!("{id}-{}", e["attempt"]);
+    eventually(Duration::from_secs(10), "the query runs", || async {
+        running_on_clickhouse(&query_id).await == 1
+    })
+    .await;
+    let (status, _) = h.cancel(&id).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.wait_for(&id, &["CANCELED"], Duration::from_secs(5)).await;
+    assert_eq!(running_on_clickhouse(&query_id).await, 0);
+}
+
+/// The listener is a task of its own; it ends with its worker even when the worker's
+/// future is dropped rather than shut down.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_dropped_worker_stops_listening(pool: PgPool) {
+    let h = Harness::without_workers(pool.clone()).await;
+    let (_stop, worker) = h.spawn_worker("default");
+    eventually(Duration::from_secs(10), "the worker listens", || async {
+        worker_listeners(&pool).await == 1
+    })
+    .await;
+    worker.abort();
+    eventually(
+        Duration::from_secs(10),
+        "the LISTEN ends with the worker",
+        || async { worker_listeners(&pool).await == 0 },
+    )
+    .await;
+}
+
+/// Connections of this test's database that LISTEN as a worker does (the api listens
+/// only on `sluice_finished`). The text is matched whole: an idle connection shows its
+/// last statement, which for the test's own pool is this one. A dropped listener runs
+/// `UNLISTEN *` on its connection.
+async fn worker_listeners(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() \
+         AND query = 'LISTEN \"sluice_work\";LISTEN \"sluice_cancel\";'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn a_worker_for_tier_a_never_claims_tier_b(pool: PgPool) {
     let h = Harness::with(
