@@ -318,7 +318,7 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
-/// The worker's LISTEN is what starts a submit and stops a cancel at once. Here its two
+/// The worker's LISTEN is what starts a submit, a group and a cancel at once. Here its two
 /// fallbacks, the poll and the heartbeat (which also sees a cancel), are a minute apart,
 /// so neither can do it within the deadlines.
 #[sqlx::test(migrations = "./migrations")]
@@ -344,6 +344,20 @@ async fn notifications_start_and_stop_work_without_the_fallbacks(pool: PgPool) {
         let id = h.submit_ok(json!({ "sql": format!("SELECT {i}") })).await;
         h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(5))
             .await;
+    }
+
+    // A group's members are woken by the coalesced wake-ups (`Store::wake_workers`).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, v) = h
+        .post_json(
+            "/v1/groups",
+            json!({ "concurrency": 2, "executions": [{ "sql": "SELECT 10" }, { "sql": "SELECT 11" }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    for member in v["group"]["executions"].as_array().unwrap() {
+        let id = member["id"].as_str().unwrap();
+        h.wait_for(id, &["SUCCEEDED"], Duration::from_secs(5)).await;
     }
 
     tokio::time::sleep(Duration::from_millis(200)).await;
