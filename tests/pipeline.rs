@@ -323,20 +323,7 @@ async fn cancel_running_kills_the_clickhouse_query(pool: PgPool) {
 /// so neither can do it within the deadlines.
 #[sqlx::test(migrations = "./migrations")]
 async fn notifications_start_and_stop_work_without_the_fallbacks(pool: PgPool) {
-    let h = Harness::with(
-        pool.clone(),
-        Setup {
-            worker_extra: "poll_interval = \"60s\"\nlease = \"180s\"\nheartbeat = \"60s\"\n\
-                           shutdown_grace = \"2s\""
-                .into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    eventually(Duration::from_secs(10), "the worker listens", || async {
-        worker_listeners(&pool).await == 1
-    })
-    .await;
+    let h = listening_without_fallbacks(&pool).await;
     for i in 0..3 {
         // The claim the worker makes after each completion (or at start) is over: from
         // here only a notification can wake it before the poll.
@@ -374,6 +361,100 @@ async fn notifications_start_and_stop_work_without_the_fallbacks(pool: PgPool) {
     assert_eq!(status, StatusCode::ACCEPTED);
     h.wait_for(&id, &["CANCELED"], Duration::from_secs(5)).await;
     assert_eq!(running_on_clickhouse(&query_id).await, 0);
+}
+
+/// A submit that overlaps another in the same api process leaves the wake-up to the
+/// coalesced NOTIFYs (`Store::wake_workers`); it must still start at once. The other
+/// submit is held in flight on its queue-cap lock, which the test holds.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_submit_beside_another_in_flight_still_wakes_the_worker(pool: PgPool) {
+    let h = listening_without_fallbacks(&pool).await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('c' || '/' || 'default', 5898))")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let capped = h.as_principal(&jwt(json!({
+        "sub": "etl", "tenant": "c", "max_queued": 5,
+        "exp": sluice::auth::unix_now() + 600,
+    })));
+    let held = tokio::spawn(async move {
+        let id = capped.submit_ok(json!({ "sql": "SELECT 'c'" })).await;
+        (capped, id)
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the capped submit waits",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        },
+    )
+    .await;
+
+    let id = h.submit_ok(json!({ "sql": "SELECT 'beside'" })).await;
+    h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(5))
+        .await;
+    lock.rollback().await.unwrap();
+    let (capped, id) = held.await.unwrap();
+    capped
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(5))
+        .await;
+}
+
+/// Superseding a RUNNING execution signals its worker by NOTIFY: the old query is killed
+/// within seconds, not at the next heartbeat.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_supersede_stops_the_running_query_by_notify(pool: PgPool) {
+    let h = listening_without_fallbacks(&pool).await;
+    let old = h
+        .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings(), "query_id": "nightly" }))
+        .await;
+    let e = h.wait_for(&old, &["RUNNING"], Duration::from_secs(5)).await;
+    let query_id = format!("{old}-{}", e["attempt"]);
+    eventually(Duration::from_secs(10), "the query runs", || async {
+        running_on_clickhouse(&query_id).await == 1
+    })
+    .await;
+    let (status, v) = h
+        .submit(json!({ "sql": "SELECT 'v2'", "query_id": "nightly" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["superseded"], old.as_str());
+    eventually(
+        Duration::from_secs(5),
+        "the superseded query is killed",
+        || async { running_on_clickhouse(&query_id).await == 0 },
+    )
+    .await;
+    let new = v["execution"]["id"].as_str().unwrap();
+    h.wait_for(new, &["SUCCEEDED"], Duration::from_secs(5))
+        .await;
+}
+
+/// A harness whose worker's poll and heartbeat are a minute apart, once its LISTEN is
+/// up: work it starts within seconds was started by a notification.
+async fn listening_without_fallbacks(pool: &PgPool) -> Harness {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            worker_extra: "poll_interval = \"60s\"\nlease = \"180s\"\nheartbeat = \"60s\"\n\
+                           shutdown_grace = \"2s\""
+                .into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the worker listens", || async {
+        worker_listeners(pool).await == 1
+    })
+    .await;
+    h
 }
 
 /// The listener is a task of its own; it ends with its worker even when the worker's
