@@ -102,6 +102,40 @@ async fn two_hundred_identical_posts_make_one_execution(pool: PgPool) {
     assert_eq!(count, 1);
 }
 
+/// Fifty POSTs of one query_id with fifty different statements, all at once: each is
+/// answered 201 (created, or superseding the one before), none fails on the race, and
+/// exactly one execution is left in flight; every other was superseded by another.
+#[sqlx::test(migrations = "./migrations")]
+async fn racing_supersedes_leave_exactly_one_in_flight(pool: PgPool) {
+    let h = Harness::without_workers(pool).await;
+    let posts = (0..50).map(|i| {
+        let http = h.http.clone();
+        let url = h.url("/v1/executions");
+        async move {
+            let r = http
+                .post(url)
+                .json(&json!({ "sql": format!("SELECT {i}"), "query_id": "nightly" }))
+                .send()
+                .await
+                .unwrap();
+            json_answer(r).await
+        }
+    });
+    let answers = futures::future::join_all(posts).await;
+    for (status, v) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{v}");
+    }
+    let (in_flight, superseded): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'PENDING'), \
+                count(*) FILTER (WHERE status = 'CANCELED' AND superseded_by IS NOT NULL) \
+         FROM executions",
+    )
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((in_flight, superseded), (1, 49));
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn a_finished_execution_does_not_collapse_new_submits(pool: PgPool) {
     let h = Harness::start(pool).await;
