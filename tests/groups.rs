@@ -296,6 +296,48 @@ async fn creation_is_atomic_idempotent_and_tenant_scoped(pool: PgPool) {
 }
 
 /// `run_after` holds an execution back until then, and a PENDING one shows when.
+/// The tenant's queue cap counts a group's members, held ones too: a group that would
+/// take the tenant over it is refused whole (429 `queue_full`, nothing created), one
+/// that fills it exactly is created.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_group_over_the_queue_cap_is_refused_whole(pool: PgPool) {
+    let h = Harness::with(
+        pool.clone(),
+        Setup {
+            workers: vec![],
+            tier_extra: "max_queued_per_tenant = 3".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    h.submit_ok(json!({ "sql": "SELECT 'single'" })).await;
+    let members = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({ "sql": format!("SELECT {i}") }))
+            .collect()
+    };
+    let (status, v) = h
+        .post_json(
+            "/v1/groups",
+            json!({ "concurrency": 1, "executions": members(3) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "1 + 3 over 3: {v}");
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM executions")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 1, "a refused group creates nothing");
+
+    create(&h, json!({ "concurrency": 1, "executions": members(2) })).await;
+    assert_eq!(count().await, 3);
+    let (status, v) = h.submit(json!({ "sql": "SELECT 'one more'" })).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "full: {v}");
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn run_after_is_respected(pool: PgPool) {
     let h = Harness::start(pool).await;
