@@ -64,7 +64,7 @@ bench: db
 # e.g. `make mutants MUTANTS_FILES="--file src/store/queue.rs"`; the outcome is in
 # mutants.out/ (missed.txt lists the survivors).
 MUTANTS_FILES ?= --file 'src/store/*.rs' --file 'src/worker/*.rs'
-MUTANTS_TESTS ?= --lib --test bookkeeper --test faults --test outages --test pipeline --test tenancy --test concurrency --test jobs
+MUTANTS_TESTS ?= --lib --test bookkeeper --test faults --test outages --test pipeline --test tenancy --test concurrency --test jobs --test groups
 mutants: services-test
 	@command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
 	SLUICE_TEST_CLICKHOUSE_URL=http://127.0.0.1:8125 RUST_TEST_THREADS=$(TEST_THREADS) \

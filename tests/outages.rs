@@ -229,22 +229,40 @@ async fn results_expire_and_orphans_are_collected(pool: PgPool) {
 async fn expired_rows_are_purged_later(pool: PgPool) {
     let h = Harness::with(pool, short_retention("2s")).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
-    h.wait_for(&id, &["SUCCEEDED"], Duration::from_secs(30))
+    // A group goes with its last member's row, not before.
+    let (status, v) = h
+        .post_json(
+            "/v1/groups",
+            json!({ "concurrency": 1, "executions": [{ "sql": "SELECT 2" }] }),
+        )
         .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{v}");
+    let group = format!("/v1/groups/{}", v["group"]["id"].as_str().unwrap());
+    let member = v["group"]["executions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for id in [&id, &member] {
+        h.wait_for(id, &["SUCCEEDED"], Duration::from_secs(30))
+            .await;
+    }
+    assert_eq!(
+        h.store.purge_groups(Duration::ZERO, 100).await.unwrap(),
+        0,
+        "a group whose member's row is still there stays"
+    );
     let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
     let stop = h.shutdown.child_token();
     tokio::spawn(bk.run(stop.clone()));
     h.wait_for(&id, &["EXPIRED"], Duration::from_secs(30)).await;
-    eventually(Duration::from_secs(30), "the row is purged", || async {
-        let r = h
-            .http
-            .get(h.url(&format!("/v1/executions/{id}")))
-            .send()
-            .await
-            .unwrap();
-        r.status() == reqwest::StatusCode::NOT_FOUND
-    })
-    .await;
+    for path in [format!("/v1/executions/{id}"), group] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{path} is purged"),
+            || async { h.get_json(&path).await.0 == reqwest::StatusCode::NOT_FOUND },
+        )
+        .await;
+    }
 }
 
 #[sqlx::test(migrations = "./migrations")]
