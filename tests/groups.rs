@@ -25,6 +25,14 @@ async fn create(h: &Harness, body: Value) -> Value {
     v["group"].clone()
 }
 
+/// How many executions the test's database holds.
+async fn executions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM executions")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn wait_group(h: &Harness, id: &str, statuses: &[&str]) -> Value {
     let mut last = Value::Null;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -197,12 +205,6 @@ async fn creation_is_atomic_idempotent_and_tenant_scoped(pool: PgPool) {
         },
     )
     .await;
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM executions")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
     let bad = [
         (
             json!({ "concurrency": 1, "executions": [{"sql": "SELECT 1"}, {"sql": "SELECT 1", "tier": "nope"}] }),
@@ -241,7 +243,11 @@ async fn creation_is_atomic_idempotent_and_tenant_scoped(pool: PgPool) {
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{body}: {message}");
     }
-    assert_eq!(count().await, 0, "a refused group creates nothing");
+    assert_eq!(
+        executions(&pool).await,
+        0,
+        "a refused group creates nothing"
+    );
 
     // A query_id in flight: 409, and nothing of the group stays.
     h.submit_ok(json!({ "sql": "SELECT 1", "query_id": "taken" }))
@@ -256,7 +262,7 @@ async fn creation_is_atomic_idempotent_and_tenant_scoped(pool: PgPool) {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"]["code"], "query_id_in_use");
-    assert_eq!(count().await, 1);
+    assert_eq!(executions(&pool).await, 1);
 
     // Idempotent by group_id; identical members do not collapse into each other.
     let body = json!({ "group_id": "nightly-2026-11-23", "concurrency": 1,
@@ -268,7 +274,7 @@ async fn creation_is_atomic_idempotent_and_tenant_scoped(pool: PgPool) {
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["outcome"], "existing");
     assert_eq!(again["group"]["id"], first["id"]);
-    assert_eq!(count().await, 3);
+    assert_eq!(executions(&pool).await, 3);
 
     // Another tenant: 404 on get and cancel, and its own group_id space.
     let id = first["id"].as_str().unwrap();
@@ -324,16 +330,14 @@ async fn a_group_over_the_queue_cap_is_refused_whole(pool: PgPool) {
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "1 + 3 over 3: {v}");
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM executions")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    assert_eq!(count().await, 1, "a refused group creates nothing");
+    assert_eq!(
+        executions(&pool).await,
+        1,
+        "a refused group creates nothing"
+    );
 
     create(&h, json!({ "concurrency": 1, "executions": members(2) })).await;
-    assert_eq!(count().await, 3);
+    assert_eq!(executions(&pool).await, 3);
     let (status, v) = h.submit(json!({ "sql": "SELECT 'one more'" })).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "full: {v}");
 }

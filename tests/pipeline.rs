@@ -351,12 +351,7 @@ async fn notifications_start_and_stop_work_without_the_fallbacks(pool: PgPool) {
     let id = h
         .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings() }))
         .await;
-    let e = h.wait_for(&id, &["RUNNING"], Duration::from_secs(5)).await;
-    let query_id = format!("{id}-{}", e["attempt"]);
-    eventually(Duration::from_secs(10), "the query runs", || async {
-        running_on_clickhouse(&query_id).await == 1
-    })
-    .await;
+    let query_id = started_within_seconds(&h, &id).await;
     let (status, _) = h.cancel(&id).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     h.wait_for(&id, &["CANCELED"], Duration::from_secs(5)).await;
@@ -415,12 +410,7 @@ async fn a_supersede_stops_the_running_query_by_notify(pool: PgPool) {
     let old = h
         .submit_ok(json!({ "sql": LONG_SQL, "settings": long_settings(), "query_id": "nightly" }))
         .await;
-    let e = h.wait_for(&old, &["RUNNING"], Duration::from_secs(5)).await;
-    let query_id = format!("{old}-{}", e["attempt"]);
-    eventually(Duration::from_secs(10), "the query runs", || async {
-        running_on_clickhouse(&query_id).await == 1
-    })
-    .await;
+    let query_id = started_within_seconds(&h, &old).await;
     let (status, v) = h
         .submit(json!({ "sql": "SELECT 'v2'", "query_id": "nightly" }))
         .await;
@@ -435,6 +425,18 @@ async fn a_supersede_stops_the_running_query_by_notify(pool: PgPool) {
     let new = v["execution"]["id"].as_str().unwrap();
     h.wait_for(new, &["SUCCEEDED"], Duration::from_secs(5))
         .await;
+}
+
+/// Waits (5 s at most) until `id` is RUNNING, then until its query shows on ClickHouse;
+/// returns that query's id.
+async fn started_within_seconds(h: &Harness, id: &str) -> String {
+    let e = h.wait_for(id, &["RUNNING"], Duration::from_secs(5)).await;
+    let query_id = format!("{id}-{}", e["attempt"]);
+    eventually(Duration::from_secs(10), "the query runs", || async {
+        running_on_clickhouse(&query_id).await == 1
+    })
+    .await;
+    query_id
 }
 
 /// A harness whose worker's poll and heartbeat are a minute apart, once its LISTEN is
