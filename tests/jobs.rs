@@ -335,6 +335,88 @@ async fn bad_jobs_are_refused_naming_the_statement(pool: PgPool) {
     assert_eq!(count, 0);
 }
 
+/// While the job's `onerror` runs, the statements after the failed one already show
+/// SKIPPED (a client polling the job sees what will never run), not PENDING.
+#[sqlx::test(migrations = "./migrations")]
+async fn skipped_statements_show_while_the_job_fallback_runs(pool: PgPool) {
+    let h = Harness::with(pool, writer_setup(vec!["writer"])).await;
+    let id = h
+        .submit_ok(json!({ "tier": "writer",
+            "sql": ["SELECT no_such_column FROM system.one", "SELECT 2"],
+            "onerror": "SELECT sleep(2)" }))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let seen = statuses(&h.get(&id).await);
+        if seen.last().is_some_and(|s| s == "RUNNING") {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job's onerror does not run: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(seen, ["FAILED", "SKIPPED", "RUNNING"]);
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(statuses(&e), ["FAILED", "SKIPPED", "SUCCEEDED"], "{e}");
+}
+
+/// ClickHouse going away while a statement runs is not the statement's failure: the
+/// attempt ends, the statement's `onerror` does not run, and the job runs again from
+/// the interrupted statement once ClickHouse is back (the read before it is not
+/// repeated).
+#[sqlx::test(migrations = "./migrations")]
+async fn a_clickhouse_outage_mid_statement_retries_the_job_not_its_fallback(pool: PgPool) {
+    let proxy = Proxy::start().await;
+    let h = Harness::with(
+        pool,
+        Setup {
+            clickhouse_url: Some(proxy.url()),
+            tier_extra: "max_attempts = 30".into(),
+            worker_extra: "poll_interval = \"200ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\n\
+                           shutdown_grace = \"2s\"\nretry_backoff = \"100ms\"\n\
+                           retry_backoff_max = \"400ms\""
+                .into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = h
+        .submit_ok(json!({ "settings": { "max_block_size": 1 },
+            "sql": ["SELECT 1 AS one",
+                    { "sql": "SELECT sum(sleepEachRow(0.5)) AS s FROM (SELECT number FROM system.numbers LIMIT 6)",
+                      "onerror": "SELECT 'fallback'" }] }))
+        .await;
+    let step = format!("{id}-1-1");
+    eventually(
+        Duration::from_secs(30),
+        "the second statement runs",
+        || async { running_on_clickhouse(&step).await == 1 },
+    )
+    .await;
+    proxy.stop();
+    eventually(
+        Duration::from_secs(30),
+        "the attempt ends and is retried",
+        || async { h.get(&id).await["attempt"].as_i64().unwrap() >= 2 },
+    )
+    .await;
+    proxy.resume().await;
+    let e = h.wait_terminal(&id).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert_eq!(
+        e["failed_attempts"][0]["error"]["code"], "CLICKHOUSE_UNAVAILABLE",
+        "{e}"
+    );
+    assert_eq!(statuses(&e), ["SUCCEEDED", "SUCCEEDED", "SKIPPED"], "{e}");
+    assert_eq!(
+        e["steps"][0]["query_id"],
+        format!("{id}-1-0"),
+        "the read ran once: {e}"
+    );
+}
+
 /// One statement with the job's fallbacks (CARTO's simplest job), on success and on
 /// failure: the side effects land in this order.
 #[sqlx::test(migrations = "./migrations")]

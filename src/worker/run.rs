@@ -625,8 +625,6 @@ impl Worker {
         })
     }
 
-    /// The columns of `query` (whose text without a FORMAT clause is `text`), or `None`
-    /// when the server cannot tell: a metadata failure is logged, never the execution's.
     /// The failure of a query that ended with `e` on URL `node`: when the connection
     /// broke while it ran and the server then came back having restarted since `since`,
     /// the server most likely crashed on it: `SERVER_CRASHED` (see `Outcome::of`).
@@ -658,6 +656,8 @@ impl Worker {
         }
     }
 
+    /// The columns of `query` (whose text without a FORMAT clause is `text`), or `None`
+    /// when the server cannot tell: a metadata failure is logged, never the execution's.
     async fn describe(&self, query: Query<'_>, text: &str) -> Option<Vec<Column>> {
         let started = Instant::now();
         let described = self.engine.describe(query, text).await;
