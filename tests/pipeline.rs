@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 /// NULLs, arrays, unicode (with a quote, a tab and a newline), dates, UInt64/Int64
@@ -607,6 +607,38 @@ async fn list_is_newest_first_with_keyset_pagination(pool: PgPool) {
     assert_eq!(seen, ids);
     let (_, page) = h.get_json("/v1/executions?status=canceled").await;
     assert_eq!(page["executions"].as_array().unwrap().len(), 4);
+}
+
+/// A query that ends before the first heartbeat still shows what it read: the
+/// statistics of ClickHouse's `X-ClickHouse-Summary` header, the same figures ClickHouse
+/// sends a direct client (18.16 sends no such header, and shows zero).
+#[sqlx::test(migrations = "./migrations")]
+async fn a_short_query_keeps_the_statistics_of_its_summary_header(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let sql = "SELECT count() FROM (SELECT number FROM system.numbers LIMIT 1000000)";
+    let direct = reqwest::Client::new()
+        .post(clickhouse_url())
+        .body(sql)
+        .send()
+        .await
+        .unwrap();
+    let read_rows = direct
+        .headers()
+        .get("x-clickhouse-summary")
+        .map(|v| {
+            let summary: Value = serde_json::from_slice(v.as_bytes()).unwrap();
+            summary["read_rows"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .unwrap_or(0);
+    let id = h.submit_ok(json!({ "sql": sql })).await;
+    let e = h
+        .wait_for(&id, &["SUCCEEDED"], Duration::from_secs(60))
+        .await;
+    assert_eq!(e["progress"]["read_rows"], read_rows, "{e}");
 }
 
 #[sqlx::test(migrations = "./migrations")]
