@@ -7,13 +7,6 @@ use common::*;
 use serde_json::json;
 use sqlx::PgPool;
 
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[sqlx::test(migrations = "./migrations")]
 async fn metrics_show_the_queue_and_the_work_done(pool: PgPool) {
     let h = Harness::with(
@@ -49,11 +42,11 @@ async fn metrics_show_the_queue_and_the_work_done(pool: PgPool) {
     eventually(
         Duration::from_secs(10),
         "the oldest is a second old",
-        || async { value(&scrape().await, age).is_some_and(|v| v >= 1.0) },
+        || async { metric_value(&scrape().await, age).is_some_and(|v| v >= 1.0) },
     )
     .await;
     let text = scrape().await;
-    let get = |s: &str| value(&text, s).unwrap_or_else(|| panic!("no `{s}` in\n{text}"));
+    let get = |s: &str| metric_value(&text, s).unwrap_or_else(|| panic!("no `{s}` in\n{text}"));
     assert_eq!(get(r#"sluice_queue_depth{tier="idle"}"#), 2.0);
     assert!(get(r#"sluice_oldest_pending_age_seconds{tier="idle"}"#) >= 1.0);
     assert_eq!(get(r#"sluice_queue_depth{tier="default"}"#), 0.0);
@@ -113,7 +106,7 @@ async fn a_worker_process_serves_its_own_counters(pool: PgPool) {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            value(&text, r#"sluice_claims_total{tier="default"}"#) == Some(1.0)
+            metric_value(&text, r#"sluice_claims_total{tier="default"}"#) == Some(1.0)
         },
     )
     .await;

@@ -51,12 +51,29 @@ async fn executions_retry_through_a_clickhouse_outage_and_finish(pool: PgPool) {
     )
     .await;
     proxy.resume().await;
+    let mut retries = 0;
     for id in queued.iter().chain([&running]) {
         let e = h.wait_terminal(id).await;
         assert_eq!(e["status"], "SUCCEEDED", "{e}");
         let first = &e["failed_attempts"][0]["error"];
         assert_eq!(first["code"], "CLICKHOUSE_UNAVAILABLE", "{e}");
+        retries += e["failed_attempts"].as_array().unwrap().len();
     }
+    // Each retry is counted (the counters are the process's: other tests may add).
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metric_value(&text, r#"sluice_retries_total{tier="default"}"#);
+    assert!(
+        counted.is_some_and(|n| n >= retries as f64),
+        "{retries} retries, counted {counted:?}"
+    );
 }
 
 #[sqlx::test(migrations = "./migrations")]

@@ -572,6 +572,15 @@ where
     }
 }
 
+/// The value of one series (its name and labels exactly as exposed) in the Prometheus
+/// text of `/metrics`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn settings_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
