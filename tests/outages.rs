@@ -57,7 +57,22 @@ async fn executions_retry_through_a_clickhouse_outage_and_finish(pool: PgPool) {
         assert_eq!(e["status"], "SUCCEEDED", "{e}");
         let first = &e["failed_attempts"][0]["error"];
         assert_eq!(first["code"], "CLICKHOUSE_UNAVAILABLE", "{e}");
-        retries += e["failed_attempts"].as_array().unwrap().len();
+        let failed = e["failed_attempts"].as_array().unwrap();
+        retries += failed.len();
+        // Each retry waited its backoff (100 ms doubling, at most 400 ms) after the
+        // failure before it ran and failed in turn.
+        let at = |k: usize| {
+            chrono::DateTime::parse_from_rfc3339(failed[k]["at"].as_str().unwrap()).unwrap()
+        };
+        for k in 1..failed.len() {
+            let waited = (at(k) - at(k - 1)).to_std().unwrap();
+            let backoff = sluice::outage::Backoff::after(
+                Duration::from_millis(100),
+                Duration::from_millis(400),
+                k as i64,
+            );
+            assert!(waited >= backoff, "retry {k} after {waited:?}: {e}");
+        }
     }
     // Each retry is counted (the counters are the process's: other tests may add).
     let text = h
