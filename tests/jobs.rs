@@ -58,6 +58,19 @@ fn statuses(e: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Waits until attempt 1 of job `id` runs its second statement on ClickHouse; that
+/// statement's query_id.
+async fn second_statement_runs(id: &str) -> String {
+    let step = format!("{id}-1-1");
+    eventually(
+        Duration::from_secs(30),
+        "the second statement runs",
+        || async { running_on_clickhouse(&step).await == 1 },
+    )
+    .await;
+    step
+}
+
 async fn run_job(h: &Harness, body: Value) -> Value {
     let id = h.submit_ok(body).await;
     h.wait_terminal(&id).await
@@ -199,13 +212,7 @@ async fn cancel_stops_the_running_statement_and_skips_the_rest(pool: PgPool) {
             "onerror": format!("INSERT INTO {log} VALUES ('x', 'onerror')"),
         }))
         .await;
-    let query_id = format!("{id}-1-1");
-    eventually(
-        Duration::from_secs(30),
-        "the second statement runs",
-        || async { running_on_clickhouse(&query_id).await == 1 },
-    )
-    .await;
+    let query_id = second_statement_runs(&id).await;
     // The heartbeat follows the running statement (by its own query_id) on ClickHouse.
     eventually(
         Duration::from_secs(30),
@@ -387,10 +394,7 @@ async fn a_clickhouse_outage_mid_statement_retries_the_job_not_its_fallback(pool
         Setup {
             clickhouse_url: Some(proxy.url()),
             tier_extra: "max_attempts = 30".into(),
-            worker_extra: "poll_interval = \"200ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\n\
-                           shutdown_grace = \"2s\"\nretry_backoff = \"100ms\"\n\
-                           retry_backoff_max = \"400ms\""
-                .into(),
+            worker_extra: FAST_RETRIES.into(),
             ..Default::default()
         },
     )
@@ -401,13 +405,7 @@ async fn a_clickhouse_outage_mid_statement_retries_the_job_not_its_fallback(pool
                     { "sql": "SELECT sum(sleepEachRow(0.5)) AS s FROM (SELECT number FROM system.numbers LIMIT 6)",
                       "onerror": "SELECT 'fallback'" }] }))
         .await;
-    let step = format!("{id}-1-1");
-    eventually(
-        Duration::from_secs(30),
-        "the second statement runs",
-        || async { running_on_clickhouse(&step).await == 1 },
-    )
-    .await;
+    second_statement_runs(&id).await;
     proxy.stop();
     eventually(
         Duration::from_secs(30),
@@ -503,13 +501,7 @@ async fn a_worker_killed_mid_job(pool: PgPool) {
             "sql": [format!("INSERT INTO {log} VALUES ('{{{{execution_id}}}}', 'once')"), TEN_SECONDS] }))
         .await;
     for id in [&reads, &writes] {
-        let step = format!("{id}-1-1");
-        eventually(
-            Duration::from_secs(30),
-            "the second statement runs",
-            || async { running_on_clickhouse(&step).await == 1 },
-        )
-        .await;
+        second_statement_runs(id).await;
     }
     worker.kill9();
     let bookkeeper =

@@ -10,9 +10,6 @@ use sqlx::PgPool;
 
 use sluice::bookkeeper::Bookkeeper;
 
-const FAST_RETRIES: &str = "poll_interval = \"200ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\n\
-    shutdown_grace = \"2s\"\nretry_backoff = \"100ms\"\nretry_backoff_max = \"400ms\"";
-
 #[sqlx::test(migrations = "./migrations")]
 async fn executions_retry_through_a_clickhouse_outage_and_finish(pool: PgPool) {
     let proxy = Proxy::start().await;

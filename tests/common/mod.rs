@@ -93,6 +93,11 @@ pub fn long_settings() -> Value {
     json!({ "max_threads": 1 })
 }
 
+/// `[worker]` lines for tests of retries: fast polls, beats and backoff (100 ms
+/// doubling to 400 ms), a 10 s lease.
+pub const FAST_RETRIES: &str = "poll_interval = \"200ms\"\nlease = \"10s\"\nheartbeat = \"200ms\"\n\
+    shutdown_grace = \"2s\"\nretry_backoff = \"100ms\"\nretry_backoff_max = \"400ms\"";
+
 /// How the test wants Sluice configured.
 pub struct Setup {
     /// Tier names; each gets the test ClickHouse and default settings.
