@@ -200,6 +200,39 @@ async fn one_of_two_bookkeepers_leads_and_the_other_takes_over(pool: PgPool) {
     .await;
 }
 
+/// What counts as Postgres being away (retried, 503) and what is an error of the
+/// statement (not retried): a session the server ended (57P01 admin_shutdown, as
+/// `pg_terminate_backend`, a restart or a failover end it) is the first; division by
+/// zero is the second.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_session_the_server_ended_is_unavailable_and_a_bad_statement_is_not(pool: PgPool) {
+    use sluice::store::StoreError;
+    let mut conn = pool.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ended = sqlx::query("SELECT 1")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&ended, sqlx::Error::Database(d) if d.code().as_deref() == Some("57P01")),
+        "{ended:?}"
+    );
+    assert!(StoreError::from(ended).is_unavailable());
+    let bad = sqlx::query("SELECT 1 / 0")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(!StoreError::from(bad).is_unavailable());
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn terminated_postgres_sessions_lose_no_execution(pool: PgPool) {
     let mut setup = fast();
