@@ -126,12 +126,6 @@ impl Store {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         Ok(())
     }
-
-    /// `SELECT 1`, for readiness.
-    pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
 }
 
 /// Postgres' unique_violation, raised when two submits race for one in-flight key.
