@@ -70,4 +70,30 @@ mod tests {
         }
         assert!(cache.lock().len() <= COLUMNS_CAPACITY);
     }
+
+    /// A full cache drops its expired entries first and keeps the fresh ones; an
+    /// expired entry is never answered.
+    #[test]
+    fn a_full_cache_evicts_the_expired_entries_first() {
+        let cache = ColumnCache::default();
+        let cols = vec![Column {
+            name: "n".into(),
+            type_: "UInt8".into(),
+        }];
+        let Some(old) = Instant::now().checked_sub(COLUMNS_TTL + Duration::from_secs(1)) else {
+            return; // a clock too close to its origin to hold an expired entry
+        };
+        cache.put("fresh", &cols);
+        {
+            let mut entries = cache.lock();
+            for i in 1..COLUMNS_CAPACITY {
+                entries.insert(i.to_string(), (old, cols.clone()));
+            }
+        }
+        assert_eq!(cache.get("1"), None, "expired");
+        cache.put("new", &cols);
+        let mut kept: Vec<String> = cache.lock().keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["fresh", "new"]);
+    }
 }
