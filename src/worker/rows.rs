@@ -234,6 +234,18 @@ mod tests {
         assert_eq!(c.finish(b""), Some(2));
     }
 
+    /// A quoted value whose newline arrives in a chunk of its own, with no quote in
+    /// it: the chunk is still inside the quotes (the fast path for quote-free chunks
+    /// applies only outside them).
+    #[test]
+    fn a_chunk_inside_a_quoted_csv_value_ends_no_row() {
+        let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 0 }, Limits::default());
+        c.feed(b"\"a");
+        c.feed(b"\nb");
+        c.feed(b"\"\n");
+        assert_eq!(c.finish(b""), Some(1));
+    }
+
     #[test]
     fn csv_newlines_inside_quotes_are_not_rows() {
         let mut c = RowCounter::new(RowCounting::CsvLines { header_lines: 1 }, Limits::default());
