@@ -188,12 +188,7 @@ async fn reclaim_kills_the_orphaned_clickhouse_query(pool: PgPool) {
                 .await;
         }
     });
-    eventually(
-        Duration::from_secs(30),
-        "the orphan runs on ClickHouse",
-        || async { running_on_clickhouse(&query_id).await == 1 },
-    )
-    .await;
+    wait_on_clickhouse(&query_id, "the orphan runs on ClickHouse").await;
 
     let bk = Bookkeeper::new(&h.config, h.store.clone(), h.results.clone()).unwrap();
     assert_eq!(bk.reclaim_pass().await.unwrap(), 1);

@@ -62,12 +62,7 @@ fn statuses(e: &Value) -> Vec<String> {
 /// statement's query_id.
 async fn second_statement_runs(id: &str) -> String {
     let step = format!("{id}-1-1");
-    eventually(
-        Duration::from_secs(30),
-        "the second statement runs",
-        || async { running_on_clickhouse(&step).await == 1 },
-    )
-    .await;
+    wait_on_clickhouse(&step, "the second statement runs").await;
     step
 }
 

@@ -55,13 +55,17 @@ impl ColumnCache {
 mod tests {
     use super::*;
 
+    fn columns() -> Vec<Column> {
+        vec![Column {
+            name: "n".into(),
+            type_: "UInt8".into(),
+        }]
+    }
+
     #[test]
     fn remembers_within_capacity() {
         let cache = ColumnCache::default();
-        let cols = vec![Column {
-            name: "n".into(),
-            type_: "UInt8".into(),
-        }];
+        let cols = columns();
         assert_eq!(cache.get("h"), None);
         cache.put("h", &cols);
         assert_eq!(cache.get("h"), Some(cols.clone()));
@@ -76,10 +80,7 @@ mod tests {
     #[test]
     fn a_full_cache_evicts_the_expired_entries_first() {
         let cache = ColumnCache::default();
-        let cols = vec![Column {
-            name: "n".into(),
-            type_: "UInt8".into(),
-        }];
+        let cols = columns();
         let Some(old) = Instant::now().checked_sub(COLUMNS_TTL + Duration::from_secs(1)) else {
             return; // a clock too close to its origin to hold an expired entry
         };

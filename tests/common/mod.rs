@@ -86,6 +86,14 @@ pub async fn running_on_clickhouse(query_id: &str) -> usize {
     .unwrap()
 }
 
+/// Waits (30 s at most) until `query_id` shows in ClickHouse's `system.processes`.
+pub async fn wait_on_clickhouse(query_id: &str, what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        running_on_clickhouse(query_id).await == 1
+    })
+    .await;
+}
+
 /// A query that runs until killed, on both server versions (18.x forbids table functions
 /// such as `numbers()` under readonly = 1, so it reads `system.numbers`).
 pub const LONG_SQL: &str = "SELECT count() FROM system.numbers";
@@ -442,12 +450,7 @@ impl Api {
             .wait_for(id, &["RUNNING"], Duration::from_secs(30))
             .await;
         let query_id = format!("{id}-{}", e["attempt"]);
-        eventually(
-            Duration::from_secs(30),
-            "the query runs on ClickHouse",
-            || async { running_on_clickhouse(&query_id).await == 1 },
-        )
-        .await;
+        wait_on_clickhouse(&query_id, "the query runs on ClickHouse").await;
         query_id
     }
 
