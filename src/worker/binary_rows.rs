@@ -327,6 +327,21 @@ impl<'a> Table<'a> {
 mod tests {
     use super::*;
 
+    // Written by ClickHouse 26.9 (testdata/regenerate.sh): 25 rows in blocks of 10, with
+    // nested, nullable, decimal and LowCardinality columns. The Arrow streams hold a schema,
+    // a dictionary batch of 3 values and record batches of 10, 10 and 5 rows.
+    const PARQUET: &[u8] = include_bytes!("testdata/25-rows.parquet");
+    const ARROW: &[u8] = include_bytes!("testdata/25-rows.arrow");
+    const ARROW_STREAM: &[u8] = include_bytes!("testdata/25-rows.arrowstream");
+
+    fn arrow_rows(bytes: &[u8], file: bool, chunk: usize) -> Option<u64> {
+        let mut counter = ArrowCounter::new(file);
+        for part in bytes.chunks(chunk) {
+            counter.feed(part);
+        }
+        counter.finish()
+    }
+
     #[test]
     fn garbage_gives_no_count() {
         assert_eq!(parquet_rows(b""), None);
@@ -344,5 +359,198 @@ mod tests {
         let mut a = ArrowCounter::new(false);
         a.feed(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
         assert_eq!(a.finish(), Some(0));
+    }
+
+    #[test]
+    fn clickhouse_arrow_counts_its_record_batches_however_it_is_cut() {
+        for chunk in [1, 2, 3, 7, 8, 9, 100, 4096, usize::MAX] {
+            assert_eq!(
+                arrow_rows(ARROW_STREAM, false, chunk),
+                Some(25),
+                "chunks of {chunk}"
+            );
+            assert_eq!(
+                arrow_rows(ARROW, true, chunk),
+                Some(25),
+                "file in chunks of {chunk}"
+            );
+        }
+        // A file is a stream behind its magic: read as a stream, it is not one.
+        assert_eq!(arrow_rows(ARROW, false, 4096), None);
+        assert_eq!(arrow_rows(ARROW_STREAM, true, 4096), None);
+    }
+
+    #[test]
+    fn a_cut_arrow_stream_counts_only_where_a_message_ends() {
+        // Message boundaries, found by reading the prefixes and body lengths.
+        let mut ends = Vec::new();
+        let mut counter = ArrowCounter::new(false);
+        for (i, byte) in ARROW_STREAM.iter().enumerate() {
+            counter.feed(std::slice::from_ref(byte));
+            if counter.state == Arrow::Prefix && counter.pending.is_empty() {
+                ends.push((i + 1, counter.rows));
+            }
+        }
+        let rows: Vec<u64> = ends.iter().map(|&(_, rows)| rows).collect();
+        assert_eq!(
+            rows,
+            [0, 0, 10, 20, 25],
+            "schema, dictionary, three batches"
+        );
+        for cut in 1..ARROW_STREAM.len() {
+            let expected = ends.iter().find(|&&(end, _)| end == cut).map(|&(_, r)| r);
+            assert_eq!(
+                arrow_rows(&ARROW_STREAM[..cut], false, 4096),
+                expected,
+                "cut after {cut} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_arrow_stream_gives_no_count() {
+        let damaged = |at: usize, bytes: &[u8]| {
+            let mut s = ARROW_STREAM.to_vec();
+            s[at..at + bytes.len()].copy_from_slice(bytes);
+            arrow_rows(&s, false, 4096)
+        };
+        assert_eq!(damaged(0, &[0xfe]), None, "no continuation marker");
+        assert_eq!(
+            damaged(4, &(-8i32).to_le_bytes()),
+            None,
+            "a negative length"
+        );
+        let too_long = (MAX_METADATA as i32 + 1).to_le_bytes();
+        assert_eq!(damaged(4, &too_long), None, "metadata longer than believed");
+        let just_right = (MAX_METADATA as i32).to_le_bytes();
+        let mut counter = ArrowCounter::new(false);
+        counter.feed(&[0xff, 0xff, 0xff, 0xff]);
+        counter.feed(&just_right);
+        assert_eq!(counter.state, Arrow::Metadata(MAX_METADATA));
+        assert_eq!(
+            damaged(8, &[0xff; 4]),
+            None,
+            "a root table outside the message"
+        );
+        // Bytes after the end-of-stream marker are a file's footer: not read.
+        let mut s = ARROW_STREAM.to_vec();
+        s.extend_from_slice(b"anything at all");
+        assert_eq!(arrow_rows(&s, false, 5), Some(25));
+    }
+
+    #[test]
+    fn clickhouse_parquet_states_its_rows_in_its_footer() {
+        assert_eq!(parquet_rows(PARQUET), Some(25));
+        let n = PARQUET.len();
+        let footer = u32::from_le_bytes(PARQUET[n - 8..n - 4].try_into().unwrap()) as usize;
+        assert_eq!(
+            parquet_rows(&PARQUET[n - footer - 8..]),
+            Some(25),
+            "the tail alone"
+        );
+        assert_eq!(
+            parquet_rows(&PARQUET[n - footer - 7..]),
+            None,
+            "a footer cut short"
+        );
+        assert_eq!(parquet_rows(&PARQUET[..n - 1]), None, "no closing magic");
+    }
+
+    /// A writer of the Thrift compact protocol, for footers ClickHouse does not write.
+    #[derive(Default)]
+    struct Thrift(Vec<u8>);
+
+    impl Thrift {
+        fn varint(&mut self, mut v: u64) -> &mut Self {
+            while v >= 0x80 {
+                self.0.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            self.0.push(v as u8);
+            self
+        }
+        fn zigzag(&mut self, v: i64) -> &mut Self {
+            self.varint(((v << 1) ^ (v >> 63)) as u64)
+        }
+        /// A field header with its id as a delta from the last one.
+        fn field(&mut self, delta: u8, kind: u8) -> &mut Self {
+            self.0.push(delta << 4 | kind);
+            self
+        }
+        fn bytes(&mut self, b: &[u8]) -> &mut Self {
+            self.0.extend_from_slice(b);
+            self
+        }
+        fn stop(&mut self) -> &mut Self {
+            self.0.push(0);
+            self
+        }
+        /// The footer as the end of a Parquet file.
+        fn parquet(&self) -> Option<u64> {
+            let mut file = b"PAR1 some column chunks ".to_vec();
+            file.extend_from_slice(&self.0);
+            file.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
+            file.extend_from_slice(b"PAR1");
+            parquet_rows(&file)
+        }
+    }
+
+    #[test]
+    fn every_thrift_type_before_the_count_is_skipped() {
+        let mut t = Thrift::default();
+        t.field(1, I32).zigzag(-2);
+        // A list of two structs, the first with a field of each type.
+        t.field(1, LIST).bytes(&[2 << 4 | STRUCT]);
+        t.field(1, BOOL_TRUE).field(1, BOOL_FALSE);
+        t.field(1, BYTE).bytes(&[0xff]);
+        t.field(1, I16).zigzag(-300);
+        t.field(1, I64).zigzag(i64::MIN);
+        t.field(1, DOUBLE).bytes(&1.5f64.to_le_bytes());
+        t.field(1, BINARY).varint(200).bytes(&[3; 200]);
+        t.field(1, LIST).bytes(&[3 << 4 | BOOL_TRUE, 1, 2, 1]);
+        t.field(1, SET).bytes(&[15 << 4 | I32]).varint(20);
+        for i in 0..20 {
+            t.zigzag(i * 1000);
+        }
+        t.field(1, MAP).varint(2).bytes(&[BINARY << 4 | DOUBLE]);
+        for key in [b"ab", b"cd"] {
+            t.varint(2).bytes(key).bytes(&2.5f64.to_le_bytes());
+        }
+        t.field(1, MAP).varint(0);
+        t.field(0, I64).zigzag(300).zigzag(7); // an id written in full
+        t.field(1, STRUCT)
+            .field(2, BINARY)
+            .varint(1)
+            .bytes(b"x")
+            .stop();
+        t.stop().stop();
+        t.field(1, I64).zigzag(1_234_567_890_123);
+        t.bytes(b"what follows is never read");
+        assert_eq!(t.parquet(), Some(1_234_567_890_123));
+    }
+
+    #[test]
+    fn only_field_3_as_an_i64_is_the_count() {
+        let mut t = Thrift::default();
+        t.field(3, I32).zigzag(99).stop();
+        assert_eq!(t.parquet(), None, "field 3 of another type");
+        let mut t = Thrift::default();
+        t.field(2, I64).zigzag(99).stop();
+        assert_eq!(t.parquet(), None, "an i64 in field 2");
+        let mut t = Thrift::default();
+        t.field(0, I64).zigzag(3).zigzag(99);
+        assert_eq!(t.parquet(), Some(99), "field 3 with its id written in full");
+        let mut t = Thrift::default();
+        t.field(3, I64).zigzag(-1);
+        assert_eq!(t.parquet(), None, "a negative count");
+        let mut t = Thrift::default();
+        t.field(1, 13).field(2, I64).zigzag(99);
+        assert_eq!(t.parquet(), None, "a type Thrift does not have");
+        let mut t = Thrift::default();
+        t.field(1, BINARY).varint(1000).bytes(b"short");
+        assert_eq!(t.parquet(), None, "a string longer than the footer");
+        let mut t = Thrift::default();
+        t.field(1, I32).bytes(&[0x80; 10]);
+        assert_eq!(t.parquet(), None, "a varint without an end");
     }
 }
