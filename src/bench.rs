@@ -145,7 +145,7 @@ impl Bench {
             .clone();
         // A scratch database next to the configured one.
         let mut url = url::Url::parse(&config.database_url).map_err(|e| failed(e.to_string()))?;
-        let db_name = format!("{}_bench", url.path().trim_start_matches('/'));
+        let db_name = scratch_name(url.path().trim_start_matches('/'))?;
         let admin = Store::connect(&config.database_url, 2).await?;
         admin.recreate_database(&db_name).await?;
         url.set_path(&db_name);
@@ -714,6 +714,27 @@ fn print_breakdown(before: &Steps, after: &Steps, executions: f64) {
     }
 }
 
+/// The scratch database beside `configured`, which the bench drops when it starts and
+/// ends. Postgres cuts names at 63 bytes, so the configured name is shortened to leave
+/// room for the suffix: whole, a 63-byte name plus `_bench` would be cut back to the
+/// configured database itself.
+fn scratch_name(configured: &str) -> Result<String, BenchError> {
+    const SUFFIX: &str = "_bench";
+    const MAX_NAME: usize = 63;
+    let mut end = configured.len().min(MAX_NAME - SUFFIX.len());
+    while !configured.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = format!("{}{SUFFIX}", &configured[..end]);
+    if name == configured {
+        return Err(failed(format!(
+            "the bench's scratch database would be `{configured}` itself; \
+             configure a shorter database name"
+        )));
+    }
+    Ok(name)
+}
+
 fn ms(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
@@ -842,4 +863,27 @@ fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
     // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
     let clock_ticks = 100.0; // USER_HZ on Linux
     Ok((ticks(11) + ticks(12)) / clock_ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_database_is_never_the_configured_one() {
+        assert_eq!(scratch_name("sluice").unwrap(), "sluice_bench");
+        let long = format!("_sqlx_test_{}", "x".repeat(52));
+        assert_eq!(long.len(), 63);
+        let scratch = scratch_name(&long).unwrap();
+        assert_eq!(scratch.len(), 63);
+        assert_eq!(scratch, format!("{}_bench", &long[..57]));
+        // Cut on a character boundary: 'é' is two bytes.
+        let accented = format!("{}é{}", "a".repeat(56), "b".repeat(10));
+        assert_eq!(
+            scratch_name(&accented).unwrap(),
+            format!("{}_bench", "a".repeat(56))
+        );
+        let already = format!("{}_bench", "c".repeat(57));
+        assert!(scratch_name(&already).is_err(), "it would drop {already}");
+    }
 }
