@@ -69,7 +69,7 @@ bench: db
 MUTANTS_FILES ?= --file 'src/store/*.rs' --file 'src/worker/*.rs'
 MUTANTS_TESTS ?= --lib --test=bookkeeper --test=faults --test=outages --test=pipeline --test=tenancy \
   --test=concurrency --test=jobs --test=groups --test=truncate --test=followups --test=metrics \
-  --test=crash --test=limits --test=fidelity --test=webhooks --test=security
+  --test=crash --test=limits --test=fidelity --test=webhooks --test=security --test=bench
 MUTANTS_THREADS ?= 6
 mutants: services-test
 	@command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
