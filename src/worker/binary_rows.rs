@@ -409,19 +409,29 @@ mod tests {
 
     #[test]
     fn a_damaged_arrow_stream_gives_no_count() {
+        // Gives up at once: a damaged length must not make it gather the rest of the
+        // result as "metadata".
         let damaged = |at: usize, bytes: &[u8]| {
             let mut s = ARROW_STREAM.to_vec();
             s[at..at + bytes.len()].copy_from_slice(bytes);
-            arrow_rows(&s, false, 4096)
+            let mut counter = ArrowCounter::new(false);
+            counter.feed(&s);
+            assert_eq!(counter.finish(), None);
+            (counter.state, counter.pending.len())
         };
-        assert_eq!(damaged(0, &[0xfe]), None, "no continuation marker");
+        let broken = (Arrow::Broken, 0);
+        assert_eq!(damaged(0, &[0xfe]), broken, "no continuation marker");
         assert_eq!(
             damaged(4, &(-8i32).to_le_bytes()),
-            None,
+            broken,
             "a negative length"
         );
         let too_long = (MAX_METADATA as i32 + 1).to_le_bytes();
-        assert_eq!(damaged(4, &too_long), None, "metadata longer than believed");
+        assert_eq!(
+            damaged(4, &too_long),
+            broken,
+            "metadata longer than believed"
+        );
         let just_right = (MAX_METADATA as i32).to_le_bytes();
         let mut counter = ArrowCounter::new(false);
         counter.feed(&[0xff, 0xff, 0xff, 0xff]);
@@ -429,9 +439,20 @@ mod tests {
         assert_eq!(counter.state, Arrow::Metadata(MAX_METADATA));
         assert_eq!(
             damaged(8, &[0xff; 4]),
-            None,
+            broken,
             "a root table outside the message"
         );
+        let mut counter = ArrowCounter::new(false);
+        counter.feed(&[0xff, 0xff, 0xff, 0xff, 8, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            counter.state,
+            Arrow::Broken,
+            "a root table at the message's end"
+        );
+        // A file must open with its magic.
+        let mut file = ARROW.to_vec();
+        file[5] = b'2';
+        assert_eq!(arrow_rows(&file, true, 4096), None, "ARROW2");
         // Bytes after the end-of-stream marker are a file's footer: not read.
         let mut s = ARROW_STREAM.to_vec();
         s.extend_from_slice(b"anything at all");
@@ -540,6 +561,13 @@ mod tests {
         let mut t = Thrift::default();
         t.field(0, I64).zigzag(3).zigzag(99);
         assert_eq!(t.parquet(), Some(99), "field 3 with its id written in full");
+        let mut t = Thrift::default();
+        t.field(0, I32)
+            .zigzag(-3)
+            .zigzag(1)
+            .field(6, I64)
+            .zigzag(99);
+        assert_eq!(t.parquet(), Some(99), "field 3 as a delta from field -3");
         let mut t = Thrift::default();
         t.field(3, I64).zigzag(-1);
         assert_eq!(t.parquet(), None, "a negative count");
