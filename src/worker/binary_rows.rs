@@ -449,6 +449,15 @@ mod tests {
             Arrow::Broken,
             "a root table at the message's end"
         );
+        // A RecordBatch message whose batch table would start where the message ends:
+        // the root offset, a vtable (size 12; header_type at 8, header at 4), the table
+        // (its vtable 12 bytes back, the header's offset, header_type 3) and padding.
+        let mut message = vec![0xff, 0xff, 0xff, 0xff, 28, 0, 0, 0];
+        message.extend_from_slice(&[16, 0, 0, 0, 12, 0, 12, 0, 0, 0, 8, 0, 4, 0, 0, 0]);
+        message.extend_from_slice(&[12, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 0]);
+        let mut counter = ArrowCounter::new(false);
+        counter.feed(&message);
+        assert_eq!(counter.state, Arrow::Broken, "a batch at the message's end");
         // A file must open with its magic.
         let mut file = ARROW.to_vec();
         file[5] = b'2';
