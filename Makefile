@@ -61,7 +61,7 @@ bench: db
 # Mutation testing (cargo-mutants) of the queue and the worker: each surviving mutant is a
 # change to src/store or src/worker that no test notices. A build and a test run per
 # mutant: not in CI. Each mutant builds only the test targets named in MUTANTS_TESTS
-# (passed to every cargo call, so the other 25 test binaries are not linked) and runs
+# (passed to every cargo call, so the other 12 test binaries are not linked) and runs
 # them under nextest, several tests at once across binaries, stopping at the first
 # failure: about 35 s a mutant on two cores. Narrow it with MUTANTS_FILES, e.g.
 # `make mutants MUTANTS_FILES="--file src/store/queue.rs"`; the outcome is in
