@@ -270,6 +270,20 @@ impl Bench {
         if let Some(port) = metrics_port {
             cmd.env("SLUICE_METRICS__LISTEN", format!("127.0.0.1:{port}"));
         }
+        // The bench's processes end with it even when it is killed outright and no `Drop`
+        // runs: Linux sends them SIGKILL when the thread that started them ends (a
+        // runtime thread, which lives as long as the bench).
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and changes only the child's own state.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         Ok(Process {
             child: cmd.spawn()?,
             metrics_url: metrics_port.map(|p| format!("http://127.0.0.1:{p}/metrics")),

@@ -172,6 +172,7 @@ async fn the_bench_runs_every_phase_and_cleans_up(pool: PgPool) {
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), run)
         .await
@@ -231,4 +232,67 @@ async fn the_bench_runs_every_phase_and_cleans_up(pool: PgPool) {
         !database_exists(&pool, &scratch).await,
         "{scratch} was left"
     );
+}
+
+/// The processes `/proc` lists as `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|l| {
+            l.split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie nobody reaped has ended).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|s| !s.starts_with('Z'))
+    })
+}
+
+/// A bench killed outright takes its api and worker with it: they would otherwise go on
+/// serving its scratch database, and keep it from being dropped.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_killed_bench_leaves_no_process_behind(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, config_toml(&pool, &Setup::default(), dir.path())).unwrap();
+    let mut bench = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--config")
+            .arg(&config)
+            .args(["bench", "--pickups=1000000", "--results-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = bench.pid() as u32;
+    eventually(
+        Duration::from_secs(30),
+        "the bench starts its api and worker",
+        || {
+            let n = children(pid).len();
+            async move { n == 2 }
+        },
+    )
+    .await;
+    let spawned = children(pid);
+    bench.kill9();
+    eventually(
+        Duration::from_secs(10),
+        "the api and worker end with the bench",
+        || {
+            let left = spawned.iter().any(|&p| runs(p));
+            async move { !left }
+        },
+    )
+    .await;
 }
