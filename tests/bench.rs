@@ -7,6 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use sluice::store::Store;
 use sqlx::PgPool;
 
@@ -285,6 +287,17 @@ async fn a_killed_bench_leaves_no_process_behind(pool: PgPool) {
     )
     .await;
     let spawned = children(pid);
+    // Should they outlive the bench, they must not outlive the test (they hold its
+    // database and the test's output pipe).
+    struct Reap(Vec<u32>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+    let _reap = Reap(spawned.clone());
     bench.kill9();
     eventually(
         Duration::from_secs(10),
