@@ -271,8 +271,8 @@ impl Bench {
             cmd.env("SLUICE_METRICS__LISTEN", format!("127.0.0.1:{port}"));
         }
         // The bench's processes end with it even when it is killed outright and no `Drop`
-        // runs: Linux sends them SIGKILL when the thread that started them ends (a
-        // runtime thread, which lives as long as the bench).
+        // runs: Linux sends them SIGKILL when the thread that started them ends. That is
+        // the main thread, where `block_on` runs the bench, so it lives as long as the bench.
         #[cfg(target_os = "linux")]
         // SAFETY: prctl is async-signal-safe and changes only the child's own state.
         unsafe {
