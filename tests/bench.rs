@@ -1,7 +1,7 @@
 //! `sluice bench` itself: its store statements give the figures a hand-made table implies,
-//! and the whole bench runs end to end on a small scale, printing every figure and leaving
-//! no scratch database behind. (What the figures are on this machine is the bench's
-//! business, never a test's.)
+//! the whole bench runs end to end on a small scale, printing every figure and leaving no
+//! scratch database behind, and a bench killed outright leaves no process behind. (What
+//! the figures are on this machine is the bench's business, never a test's.)
 mod common;
 
 use std::time::Duration;
