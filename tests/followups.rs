@@ -137,16 +137,6 @@ async fn the_source_must_be_the_tenants_own_finished_result(pool: PgPool) {
     assert_eq!(e["error"]["code"], "RESULT_UNAVAILABLE", "{e}");
 }
 
-/// Peak resident memory of a process, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A follow-up on a result of more than 100 MB: the answer is ClickHouse's, and the
 /// worker process (a real `sluice worker`) never holds the result: its peak RSS stays
 /// under the bound the README gives.

@@ -2,7 +2,6 @@
 //! stays bounded: the worker never holds a result, only a multipart part or two.
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -14,66 +13,21 @@ const BIG_SQL: &str = "SELECT number, toString(number) AS a, \
     concat(a, a, a, a, a, a, a, a, a, a) AS b, [number, number + 1] AS c \
     FROM system.numbers LIMIT 2000000";
 
-/// Peak resident memory of a process, from /proc (kB -> bytes).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[sqlx::test(migrations = "./migrations")]
 async fn a_200_mb_result_streams_through_a_worker_in_bounded_memory(pool: PgPool) {
-    let setup = Setup {
-        workers: vec![],
-        ..Default::default()
-    };
-    let h = Harness::with(pool.clone(), setup).await;
+    let h = Harness::without_workers(pool.clone()).await;
     // The worker process shares the harness's result directory.
-    let toml = config_toml(
-        &pool,
-        &Setup {
-            workers: vec![],
-            ..Default::default()
-        },
-        h.results_dir.path(),
-    );
-    let config_path = h.results_dir.path().join("worker.toml");
-    std::fs::write(&config_path, toml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "--config",
-            config_path.to_str().unwrap(),
-            "worker",
-            "--tier",
-            "default",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let worker = KillOnDrop(child);
-    let pid = worker.0.id();
+    let config = write_config(&h, &pool, &Setup::default());
+    let mut worker = spawn_sluice(&config, &["worker", "--tier", "default"]);
 
     let id = h.submit_ok(json!({ "sql": BIG_SQL })).await;
-    let mut worker = worker;
     let start = std::time::Instant::now();
     let e = loop {
         let e = h.get(&id).await;
         if e["status"] == "SUCCEEDED" || e["status"] == "FAILED" {
             break e;
         }
-        if let Some(exit) = worker.0.try_wait().unwrap() {
-            panic!("the worker process exited: {exit}");
-        }
+        assert!(worker.is_running(), "the worker process exited");
         assert!(start.elapsed() < Duration::from_secs(300), "not done: {e}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -82,7 +36,7 @@ async fn a_200_mb_result_streams_through_a_worker_in_bounded_memory(pool: PgPool
     assert!(bytes > 200_000_000, "result is only {bytes} bytes");
     assert_eq!(e["result"]["rows"], 2_000_000);
 
-    let peak = peak_rss(pid);
+    let peak = peak_rss_kib(worker.pid()) << 10;
     eprintln!(
         "worker peak RSS {} MiB for a {} MiB result",
         peak >> 20,

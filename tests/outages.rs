@@ -72,16 +72,7 @@ async fn executions_retry_through_a_clickhouse_outage_and_finish(pool: PgPool) {
         }
     }
     // Each retry is counted (the counters are the process's: other tests may add).
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted = metric_value(&text, r#"sluice_retries_total{tier="default"}"#);
+    let counted = h.metric(r#"sluice_retries_total{tier="default"}"#).await;
     assert!(
         counted.is_some_and(|n| n >= retries as f64),
         "{retries} retries, counted {counted:?}"

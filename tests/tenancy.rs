@@ -426,16 +426,8 @@ async fn a_tier_without_workers_keeps_its_work_pending_and_says_how_old(pool: Pg
         Duration::from_secs(10),
         "the oldest pending age shows",
         || async {
-            let text = reqwest::get(h.url("/metrics"))
+            h.metric(r#"sluice_oldest_pending_age_seconds{tier="vip"}"#)
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .find(|l| l.starts_with("sluice_oldest_pending_age_seconds{tier=\"vip\"}"))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
                 .is_some_and(|age| age > 0.0)
         },
     )

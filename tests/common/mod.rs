@@ -467,6 +467,12 @@ impl Api {
     }
 
     /// GET `path`; the status and the JSON body.
+    /// The value of one series of the api's `/metrics` (see [`metric_value`]).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        metric_value(&r.text().await.unwrap(), series)
+    }
+
     pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         json_answer(r).await
@@ -623,6 +629,16 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM` in /proc).
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// Writes the harness's configuration (plus `extra` TOML) to a file for child processes.
