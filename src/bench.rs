@@ -660,6 +660,8 @@ struct Steps {
     steps: BTreeMap<String, (f64, f64)>,
     /// completions written by batch statements: (statements, rows)
     batches: (f64, f64),
+    /// submits written by batch statements: (statements, rows)
+    submit_batches: (f64, f64),
     claimed: f64,
 }
 
@@ -690,6 +692,10 @@ impl Steps {
                 self.batches.0 += value;
             } else if name.starts_with("sluice_completion_batch_rows_sum") {
                 self.batches.1 += value;
+            } else if name.starts_with("sluice_submit_batch_rows_count") {
+                self.submit_batches.0 += value;
+            } else if name.starts_with("sluice_submit_batch_rows_sum") {
+                self.submit_batches.1 += value;
             } else if name.starts_with("sluice_claims_total") {
                 self.claimed += value;
             }
@@ -714,6 +720,11 @@ fn print_breakdown(before: &Steps, after: &Steps, executions: f64) {
             "complete_batch" => format!(
                 ", {:.1} completions per statement",
                 (after.batches.1 - before.batches.1) / (after.batches.0 - before.batches.0)
+            ),
+            "submit_batch" => format!(
+                ", {:.1} submits per statement",
+                (after.submit_batches.1 - before.submit_batches.1)
+                    / (after.submit_batches.0 - before.submit_batches.0)
             ),
             "record" => " (waiting for the batch of completions)".to_string(),
             "clickhouse" => " (send to end of stream)".to_string(),

@@ -17,10 +17,11 @@
 //!   `sluice_expirations_total{tier}`, `sluice_result_bytes_total{tier}` counters
 //! - `sluice_execution_duration_seconds{tier,outcome}` histogram (claim to outcome)
 //! - `sluice_step_seconds{step}` summary: the time of each step of the hot path
-//!   (`submit`, `claim`, `clickhouse`, `describe`, `store_write`, `record`,
-//!   `complete_batch`); its `_count` and `_sum` say how often each step ran and how long
-//!   it took in all, which `sluice bench` turns into a per-execution breakdown
+//!   (`submit`, `submit_batch`, `claim`, `clickhouse`, `describe`, `store_write`,
+//!   `record`, `complete_batch`); its `_count` and `_sum` say how often each step ran and
+//!   how long it took in all, which `sluice bench` turns into a per-execution breakdown
 //! - `sluice_completion_batch_rows` summary: completions written per statement
+//! - `sluice_submit_batch_rows` summary: submits written per statement (a burst's)
 //! - `sluice_task_reloads_total{outcome}` counter: SIGHUP reloads of the saved reports
 //!   (`ok` or `failed`; a failed one keeps the set in use)
 

@@ -390,3 +390,128 @@ async fn rows_scanned_once_counted(pool: &PgPool, updates: i64) -> i64 {
     .await;
     scanned.get()
 }
+
+/// A submit as the api would make it, for the store-level burst below.
+fn new_execution(sql: &str, query_id: &str, priority: i16) -> sluice::store::submit::NewExecution {
+    sluice::store::submit::NewExecution {
+        tenant: "default".into(),
+        created_by: "test".into(),
+        tier: "default".into(),
+        query_id: query_id.into(),
+        query_hash: format!("hash of {sql}"),
+        sql: sql.into(),
+        format: sluice::execution::Format::JSONEachRow,
+        settings: Default::default(),
+        priority,
+        max_attempts: 1,
+        parameters: Default::default(),
+        quota_key: "default".into(),
+        max_running: None,
+        max_queued: None,
+        task: None,
+        run_after: None,
+        retention_ms: None,
+        from_result: None,
+        timeout_ms: None,
+        start_within_ms: None,
+        max_age_ms: None,
+        job: None,
+        callback_url: None,
+        limits: Default::default(),
+    }
+}
+
+/// Submits that overlap are written together (a multi-row INSERT, one commit: rows of
+/// one statement share their `xmin`), and each caller still gets its own execution
+/// back; a row that Postgres refuses fails only its own submit, not its batch's.
+#[sqlx::test(migrations = "./migrations")]
+async fn overlapping_submits_are_batched_and_each_gets_its_own_answer(pool: PgPool) {
+    use sluice::store::submit::Submitted;
+    let store = sluice::store::Store::from_pool(pool.clone());
+    const N: usize = 300;
+    // One bad row in the middle of the burst: priority 42 breaks a CHECK constraint.
+    let bad = 150;
+    let submits = (0..N).map(|i| {
+        let store = store.clone();
+        let priority = if i == bad { 42 } else { 0 };
+        let new = new_execution(&format!("SELECT {i}"), &format!("q{i}"), priority);
+        tokio::spawn(async move { store.submit(&new).await })
+    });
+    let answers = futures::future::join_all(submits).await;
+    let mut ids = HashSet::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer.unwrap() {
+            Ok(Submitted::Created(e)) if i != bad => {
+                assert_eq!(e.sql, format!("SELECT {i}"), "submit {i} got another's row");
+                assert_eq!(e.query_id, format!("q{i}"));
+                ids.insert(e.id);
+            }
+            Err(e) if i == bad => {
+                assert!(e.to_string().contains("check"), "{e}");
+            }
+            other => panic!("submit {i}: {other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), N - 1);
+    let (rows, statements): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM executions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, (N - 1) as i64);
+    assert!(
+        statements < rows / 2,
+        "{rows} submits at once took {statements} commits: they were not batched"
+    );
+}
+
+/// In one burst, submits of one key collapse into one execution and a changed statement
+/// supersedes it, whether they meet in a batch or not.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_burst_with_repeated_keys_collapses_and_supersedes_exactly(pool: PgPool) {
+    use sluice::store::submit::Submitted;
+    let store = sluice::store::Store::from_pool(pool.clone());
+    // 100 distinct keys, each submitted 3 times with one statement, then once more with
+    // another; all at once.
+    let submits = (0..400).map(|i| {
+        let store = store.clone();
+        let key = i % 100;
+        let sql = if i < 300 {
+            format!("SELECT {key}")
+        } else {
+            format!("SELECT {key} + 1")
+        };
+        let new = new_execution(&sql, &format!("q{key}"), 0);
+        tokio::spawn(async move { store.submit(&new).await.unwrap() })
+    });
+    for answer in futures::future::join_all(submits).await {
+        match answer.unwrap() {
+            Submitted::Created(_) | Submitted::Collapsed(_) | Submitted::Superseded { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Per key: exactly one execution in flight; every other one was superseded; the
+    // collapses were counted on the execution they joined.
+    let per_key: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT query_id, count(*) FILTER (WHERE status = 'PENDING'), \
+                count(*) FILTER (WHERE status = 'CANCELED' AND superseded_by IS NOT NULL), \
+                coalesce(sum(collapsed_count), 0)::int8 + count(*) \
+         FROM executions GROUP BY query_id ORDER BY query_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_key.len(), 100);
+    for (key, pending, superseded, submits) in per_key {
+        assert_eq!(pending, 1, "{key}");
+        assert_eq!(
+            submits, 4,
+            "{key}: every submit is an execution or a collapse"
+        );
+        // Two statements met on the key: one of them superseded the other at least once.
+        assert!(
+            (1..=3).contains(&superseded),
+            "{key}: {superseded} superseded"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! children, next to the function that needs it.
 //!
 //! - [`submit`]: create an execution, collapse a duplicate into the in-flight one, or
-//!   supersede an in-flight one whose SQL changed.
+//!   supersede an in-flight one whose SQL changed; overlapping submits share a statement
+//!   and a commit.
 //! - [`queue`]: the worker's side: claim, heartbeat, complete, fail, cancel, hand back.
 //!   Every write after a claim is fenced by `(id, attempt, worker_id)` and
 //!   `status = 'RUNNING'`, so a worker that lost its lease updates zero rows.
@@ -95,6 +96,8 @@ pub struct Store {
     completions: Arc<OnceLock<mpsc::UnboundedSender<queue::PendingCompletion>>>,
     /// Submits in progress in this process ([`Store::submit`]).
     submits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Submits written in batches ([`Store::submit`]), started on first use.
+    submit_batches: Arc<OnceLock<mpsc::UnboundedSender<submit::PendingSubmit>>>,
 }
 
 impl Store {
@@ -115,6 +118,7 @@ impl Store {
             wakes: Arc::default(),
             completions: Arc::default(),
             submits: Arc::default(),
+            submit_batches: Arc::default(),
         }
     }
 

@@ -13,6 +13,13 @@
 //!   coalesced after the commit (see `notify`: a NOTIFY in a transaction serializes its
 //!   commit with the others').
 //!
+//! Group commit: a submit that arrives while others of this process are in progress,
+//! and has no queue cap, joins the next batch: one multi-row `INSERT ... ON CONFLICT`
+//! and one commit for whatever queued up while the previous batch was written (see
+//! [`write_submits`]). The batch settles new executions and collapses; the rest
+//! (supersedes, a key twice in one batch, a failed batch) go one by one as above. A lone
+//! submit does not wait for anyone.
+//!
 //! Reuse: with `max_age`, a SUCCEEDED execution of the same tenant, query_id and hash
 //! that finished within it is returned as it is ([`Submitted::Reused`]) before any of
 //! the above.
@@ -23,10 +30,13 @@
 //! (tenant, tier), so concurrent submits cannot both slip under the cap. A submit that
 //! collapses into, or supersedes, a PENDING execution adds nothing and is let through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, PgPool, Row};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Channel, Result, Store, StoreError, is_unique_violation};
@@ -49,34 +59,52 @@ impl Conn<'_> {
     }
 }
 
-/// The INSERT of a new execution; [`bind_new`] binds its parameters ($1 to $26).
-macro_rules! insert_execution {
+/// The INSERT of a new execution, in two parts: the columns, and the VALUES tuple of one
+/// execution (`$1` to `$26`, bound by [`bind_member`]). A batch of submits repeats the
+/// tuple with its placeholders renumbered ([`batch_insert`]).
+macro_rules! insert_columns {
     () => {
         "INSERT INTO executions (id, tenant, created_by, tier, query_id, query_hash, sql, \
          format, settings, priority, max_attempts, parameters, quota_key, max_running, task, \
          run_after, retention_ms, from_result, group_id, held, timeout_ms, start_deadline, job, \
-         callback_url, row_limit, byte_limit) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 coalesce($16, now()), $17, $18, $19, $20, $21, \
-                 coalesce($16, now()) + $22 * interval '1 millisecond', $23, $24, $25, $26)"
+         callback_url, row_limit, byte_limit) VALUES "
     };
 }
+macro_rules! insert_values {
+    () => {
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+          coalesce($16, now()), $17, $18, $19, $20, $21, \
+          coalesce($16, now()) + $22 * interval '1 millisecond', $23, $24, $25, $26)"
+    };
+}
+macro_rules! insert_execution {
+    () => {
+        concat!(insert_columns!(), insert_values!())
+    };
+}
+
+/// Placeholders of [`insert_values!`], bound by [`bind_member`].
+const BINDS_PER_ROW: usize = 26;
 
 /// A plain INSERT of a new execution (a group member: no collapse, no supersede);
 /// [`bind_member`] binds it.
 pub(super) const INSERT_RETURNING: &str = concat!(insert_execution!(), " RETURNING *");
 
-/// The INSERT of a new execution that collapses into an identical in-flight one
+/// What follows the VALUES of a submit: collapse into an identical in-flight execution
 /// (`inserted` says which happened); no row when the in-flight one differs.
+macro_rules! collapse_into_in_flight {
+    () => {
+        " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
+         DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
+             WHERE executions.query_hash = EXCLUDED.query_hash \
+         RETURNING *, (xmax::text = '0') AS inserted"
+    };
+}
+
+/// The INSERT of a new execution that collapses into an identical in-flight one.
 macro_rules! insert_or_collapse {
     () => {
-        concat!(
-            insert_execution!(),
-            " ON CONFLICT (tenant, query_id) WHERE status IN ('PENDING', 'RUNNING') \
-             DO UPDATE SET collapsed_count = executions.collapsed_count + 1 \
-                 WHERE executions.query_hash = EXCLUDED.query_hash \
-             RETURNING *, (xmax::text = '0') AS inserted"
-        )
+        concat!(insert_execution!(), collapse_into_in_flight!())
     };
 }
 
@@ -172,6 +200,15 @@ impl Store {
         }
         let _in_flight = InFlight::enter(&self.submits);
         let alone = _in_flight.alone;
+        // Beside other submits, a plain one joins the next batch; what the batch could
+        // not settle (a different in-flight statement, a duplicate key, an error) takes
+        // the path below.
+        if !alone
+            && new.max_queued.is_none()
+            && let Some((execution, inserted)) = self.submit_in_batch(new).await?
+        {
+            return Ok(self.settled(execution, inserted, false));
+        }
         for _ in 0..MAX_RACES {
             // With a queue cap, the count and the insert share a transaction under the
             // (tenant, tier) lock; without one, the insert is a single statement.
@@ -216,14 +253,7 @@ impl Store {
                     if let Some(t) = tx {
                         t.commit().await?;
                     }
-                    return Ok(if inserted {
-                        if !alone {
-                            self.wake_workers(&execution.tier);
-                        }
-                        Submitted::Created(execution)
-                    } else {
-                        Submitted::Collapsed(execution)
-                    });
+                    return Ok(self.settled(execution, inserted, alone));
                 }
                 Ok(None) => {
                     let tx = match tx {
@@ -244,6 +274,40 @@ impl Store {
             }
         }
         Err(StoreError::Contention(new.query_id.clone()))
+    }
+
+    /// A new execution (`inserted`), or the in-flight one it collapsed into; the tier's
+    /// workers are woken after the commit unless the INSERT `notified` them itself.
+    fn settled(&self, execution: Execution, inserted: bool, notified: bool) -> Submitted {
+        if !inserted {
+            return Submitted::Collapsed(execution);
+        }
+        if !notified {
+            self.wake_workers(&execution.tier);
+        }
+        Submitted::Created(execution)
+    }
+
+    /// Inserts or collapses `new` in the next batch (see [`write_submits`]): the
+    /// execution and whether it is new, or `None` when the batch did not settle it.
+    async fn submit_in_batch(&self, new: &NewExecution) -> Result<Option<(Execution, bool)>> {
+        let sender = self.submit_batches.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_submits(self.pool.clone(), rx));
+            tx
+        });
+        let (answer, answered) = oneshot::channel();
+        let pending = PendingSubmit {
+            id: Uuid::now_v7(),
+            new: new.clone(),
+            answer,
+        };
+        // The writer ends only with the last clone of this store: a closed channel means
+        // it crashed, and the submit goes alone.
+        if sender.send(pending).is_err() {
+            return Ok(None);
+        }
+        answered.await.unwrap_or(Ok(None))
     }
 
     /// The newest SUCCEEDED execution of `new`'s tenant, query_id and hash (the same
@@ -350,7 +414,7 @@ async fn supersede(
     )))
 }
 
-/// Binds `$1..$24` of `insert_execution!()` for `new` with id `id`, outside any group.
+/// Binds the placeholders of [`insert_values!`] for `new` with id `id`, outside any group.
 fn bind_new<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -359,7 +423,7 @@ fn bind_new<'q>(
     bind_member(query, id, new, None, false)
 }
 
-/// Binds `$1..$24` of `insert_execution!()` for `new` with id `id`, a member of `group` (`held`
+/// Binds the placeholders of [`insert_values!`] for `new` with id `id`, a member of `group` (`held`
 /// when it must wait for a place).
 pub(super) fn bind_member<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -399,4 +463,184 @@ pub(super) fn bind_member<'q>(
         .bind(new.callback_url.as_deref())
         .bind(new.limits.rows.and_then(|n| i64::try_from(n).ok()))
         .bind(new.limits.bytes.and_then(|n| i64::try_from(n).ok()))
+}
+
+/// Most submits written by one statement.
+const SUBMIT_BATCH: usize = 64;
+
+/// Batches of submits written at once by one process.
+const SUBMIT_WRITERS: usize = 2;
+
+/// A submit waiting for its batch (see [`Store::submit`]).
+#[derive(Debug)]
+pub struct PendingSubmit {
+    id: Uuid,
+    new: NewExecution,
+    answer: oneshot::Sender<Result<Option<(Execution, bool)>>>,
+}
+
+/// Writes the submits of [`Store::submit_in_batch`], group-commit style: whatever queued
+/// up while the writers were busy goes in the next batch, as one multi-row `INSERT ...
+/// ON CONFLICT` and one commit. In a burst, a commit per submit (each a WAL flush) and a
+/// statement per submit were most of what the submits cost Postgres.
+///
+/// [`SUBMIT_WRITERS`] batches may be written at once, on connections of their own; rows
+/// go in key order, so two batches (of this process or another) that share keys wait
+/// for each other rather than deadlock.
+///
+/// A batch settles what one statement can: new executions, and collapses into an
+/// identical in-flight one. Everything else gets `None` and goes the single-submit way:
+/// a second submit of a key already in the batch (one statement may not touch a row
+/// twice), a submit whose in-flight twin has another statement (supersede), and every
+/// submit of a batch that failed for another reason than an unreachable database, so
+/// that one bad row fails only itself.
+async fn write_submits(pool: PgPool, mut pending: mpsc::UnboundedReceiver<PendingSubmit>) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(SUBMIT_WRITERS as u32)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    let writers = Arc::new(Semaphore::new(SUBMIT_WRITERS));
+    while let Some(first) = pending.recv().await {
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        // Gathered once a writer is free: what arrived meanwhile joins this batch.
+        let mut keys = HashSet::from([key_of(&first.new)]);
+        let mut batch = vec![first];
+        while batch.len() < SUBMIT_BATCH
+            && let Ok(p) = pending.try_recv()
+        {
+            if keys.insert(key_of(&p.new)) {
+                batch.push(p);
+            } else {
+                let _ = p.answer.send(Ok(None));
+            }
+        }
+        batch.sort_by_key(|p| key_of(&p.new));
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write_batch(&pool, batch).await;
+            drop(writer);
+        });
+    }
+}
+
+/// Writes one batch of [`write_submits`] and answers each of its submits.
+async fn write_batch(pool: &PgPool, batch: Vec<PendingSubmit>) {
+    let started = std::time::Instant::now();
+    let written = insert_batch(pool, &batch).await;
+    crate::metrics::step("submit_batch", started);
+    metrics::histogram!("sluice_submit_batch_rows").record(batch.len() as f64);
+    match written {
+        Ok(mut settled) => {
+            for p in batch {
+                let _ = p.answer.send(Ok(settled.remove(&key_of(&p.new))));
+            }
+        }
+        Err(e) if e.is_unavailable() => {
+            let e = Arc::new(e);
+            for p in batch {
+                let _ = p.answer.send(Err(StoreError::Batch(e.clone())));
+            }
+        }
+        Err(_) => {
+            for p in batch {
+                let _ = p.answer.send(Ok(None));
+            }
+        }
+    }
+}
+
+/// The in-flight key of a submit.
+fn key_of(new: &NewExecution) -> (String, String) {
+    (new.tenant.clone(), new.query_id.clone())
+}
+
+/// One INSERT of every submit of `batch` (their keys are distinct); what it settled, by
+/// key: the new execution, or the identical in-flight one it collapsed into.
+async fn insert_batch(
+    pool: &PgPool,
+    batch: &[PendingSubmit],
+) -> Result<HashMap<(String, String), (Execution, bool)>> {
+    let sql = batch_insert(batch.len());
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in batch {
+        query = bind_new(query, p.id, &p.new);
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut settled = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let execution = Execution::from_row(&row)?;
+        let inserted = row.try_get::<bool, _>("inserted")?;
+        settled.insert(
+            (execution.tenant.clone(), execution.query_id.clone()),
+            (execution, inserted),
+        );
+    }
+    Ok(settled)
+}
+
+/// The INSERT of `rows` submits: [`insert_values!`] once per row, each row's
+/// placeholders after the previous row's.
+fn batch_insert(rows: usize) -> String {
+    let mut sql = String::from(insert_columns!());
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&renumbered(insert_values!(), row * BINDS_PER_ROW));
+    }
+    sql.push_str(collapse_into_in_flight!());
+    sql
+}
+
+/// `template` with each placeholder `$n` replaced by `$(n + offset)`.
+fn renumbered(template: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(template.len() + template.len() / 4);
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renumbering_shifts_every_placeholder() {
+        assert_eq!(
+            renumbered("($1, $2, f($10), $1)", 26),
+            "($27, $28, f($36), $27)"
+        );
+        assert_eq!(renumbered("($1, $2)", 0), "($1, $2)");
+        assert_eq!(renumbered("no placeholders", 5), "no placeholders");
+        assert_eq!(renumbered("a $ b $3", 1), "a $ b $4");
+    }
+
+    #[test]
+    fn a_batch_repeats_the_row_with_its_own_placeholders() {
+        let one = batch_insert(1);
+        assert_eq!(one, insert_or_collapse!());
+        let three = batch_insert(3);
+        let last = 3 * BINDS_PER_ROW;
+        assert!(three.contains(&format!("${last})")), "{three}");
+        assert!(!three.contains(&format!("${}", last + 1)), "{three}");
+        assert!(three.contains("($27, $28,"), "{three}");
+        assert!(three.contains("($53, $54,"), "{three}");
+        assert!(
+            three.contains("coalesce($68, now()) + $74 * interval"),
+            "{three}"
+        );
+        assert_eq!(three.matches(" ON CONFLICT ").count(), 1);
+    }
 }
