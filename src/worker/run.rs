@@ -27,7 +27,7 @@ use super::rows::RowCounter;
 use super::{Slot, Worker};
 use futures::{FutureExt, StreamExt};
 
-use crate::clickhouse::{EngineError, External, HeaderReader, Query};
+use crate::clickhouse::{EngineError, External, HeaderReader, OpenData, Query};
 use crate::execution::{
     Column, ErrorCode, ErrorInfo, Execution, Format, Limits, Progress, ResultMeta,
 };
@@ -413,29 +413,18 @@ impl Worker {
             Some(id) => Some(self.source(execution, id, &server).await?),
             None => None,
         };
-        let open = |key: String| {
-            let results = self.results.clone();
-            move || {
-                let (results, key) = (results.clone(), key.clone());
-                async move {
-                    let stream = results.read(&key, None).await.map_err(|e| {
-                        EngineError::Transport(format!("cannot read the stored result: {e}"))
-                    })?;
-                    Ok(stream.map(|r| r.map_err(std::io::Error::other)).boxed())
-                }
-                .boxed()
-            }
-        };
-        let opener = source.as_ref().map(|s| open(s.key.clone()));
-        let external = match (&source, &opener) {
-            (Some(s), Some(open)) => Some(External {
+        let opener = source
+            .as_ref()
+            .map(|s| open_stored(self.results.clone(), s.key.clone()));
+        let external = source
+            .as_ref()
+            .zip(opener.as_ref())
+            .map(|(s, open)| External {
                 name: "result",
                 structure: &s.structure,
                 format: s.format,
-                open,
-            }),
-            _ => None,
-        };
+                open: open.as_ref(),
+            });
         let query = Query {
             sql: &sql_text,
             format,
@@ -447,28 +436,12 @@ impl Worker {
             session: run.session,
         };
 
-        // Column metadata never fails an execution. None for statements without rows
-        // (CREATE, INSERT on a writable tier); what an earlier run of the same statement
-        // learned (see `columns`); the format's own header when it carries one; DESCRIBE
-        // for a SELECT, sent beside the query rather than before it (its round trip was
-        // most of a short execution's run time); otherwise unknown (`null`).
-        let has_rows = statement.as_ref().is_some_and(|s| s.produces_rows());
-        let describable = statement
-            .as_ref()
-            .filter(|s| s.describable())
-            .map(|s| s.query_without_format());
-        let known = has_rows
-            .then(|| self.columns.get(&execution.query_hash))
-            .flatten();
-        let learn = has_rows && known.is_none();
-        let header = learn.then(|| HeaderReader::new(format)).flatten();
-        // A session takes one request at a time: a job's DESCRIBE waits for its query.
-        let describe_beside = learn && header.is_none() && run.session.is_none();
+        let plan = self.column_plan(execution, statement.as_ref(), run.session.is_some());
         let key = self.results.key(execution.id, execution.attempt, format);
         let (described, streamed) = tokio::join!(
             async {
-                match &describable {
-                    Some(text) if describe_beside => self.describe(query, text).await,
+                match &plan.describable {
+                    Some(text) if plan.describe_beside => self.describe(query, text).await,
                     _ => None,
                 }
             },
@@ -478,27 +451,15 @@ impl Worker {
                 &key,
                 writer,
                 beacons,
-                header,
+                plan.header(format),
                 execution.limits()
             ),
         );
         // When the query fails, its own error is the one reported.
         let streamed = streamed?;
-        let columns = if !has_rows {
-            Some(Vec::new())
-        } else if known.is_some() {
-            known
-        } else if let Some(found) = described.or(streamed.columns) {
-            Some(found)
-        } else if let (false, Some(text)) = (describe_beside, &describable) {
-            // A header that could not be read: ask the server after all.
-            self.describe(query, text).await
-        } else {
-            None
-        };
-        if let (true, Some(columns)) = (learn, &columns) {
-            self.columns.put(&execution.query_hash, columns);
-        }
+        let columns = self
+            .columns(plan, execution, query, described.or(streamed.columns))
+            .await;
 
         let bytes = self.finish_object(writer, &key).await?;
         Ok(ResultMeta {
@@ -510,6 +471,62 @@ impl Worker {
             row_index: streamed.row_index,
             truncated: streamed.truncated,
         })
+    }
+
+    /// Where the columns of `execution` will come from. Column metadata never fails an
+    /// execution: none for statements without rows (CREATE, INSERT on a writable tier);
+    /// what an earlier run of the same statement learned (see `columns`); the format's
+    /// own header when it carries one; DESCRIBE for a SELECT, sent beside the query
+    /// rather than before it (its round trip was most of a short execution's run time);
+    /// otherwise unknown (`null`). A session takes one request at a time, so a job's
+    /// DESCRIBE waits for its query.
+    fn column_plan(
+        &self,
+        execution: &Execution,
+        statement: Option<&sql::Statement>,
+        in_session: bool,
+    ) -> ColumnPlan {
+        let has_rows = statement.is_some_and(|s| s.produces_rows());
+        let known = has_rows
+            .then(|| self.columns.get(&execution.query_hash))
+            .flatten();
+        let learn = has_rows && known.is_none();
+        ColumnPlan {
+            has_rows,
+            learn,
+            known,
+            describable: statement
+                .filter(|s| s.describable())
+                .map(|s| s.query_without_format()),
+            describe_beside: learn && !in_session && HeaderReader::new(execution.format).is_none(),
+        }
+    }
+
+    /// The columns `plan` settles on, given what DESCRIBE or the header `found`; learned
+    /// for the next run of the same statement.
+    async fn columns(
+        &self,
+        plan: ColumnPlan,
+        execution: &Execution,
+        query: Query<'_>,
+        found: Option<Vec<Column>>,
+    ) -> Option<Vec<Column>> {
+        let columns = if !plan.has_rows {
+            Some(Vec::new())
+        } else if plan.known.is_some() {
+            plan.known
+        } else if found.is_some() {
+            found
+        } else if let (false, Some(text)) = (plan.describe_beside, &plan.describable) {
+            // A header that could not be read: ask the server after all.
+            self.describe(query, text).await
+        } else {
+            None
+        };
+        if let (true, Some(columns)) = (plan.learn, &columns) {
+            self.columns.put(&execution.query_hash, columns);
+        }
+        columns
     }
 
     /// Completes the object `writer` wrote under `key`; its size.
@@ -727,6 +744,46 @@ impl Worker {
 /// How long a worker waits for a server that broke a query's connection to answer
 /// again, to tell a restart (crash) from a network failure.
 const CRASH_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the stored result under `key` for ClickHouse to read (once per request that
+/// sends it, see [`OpenData`]).
+fn open_stored(results: crate::results::ResultStore, key: String) -> Box<OpenData<'static>> {
+    Box::new(move || {
+        let (results, key) = (results.clone(), key.clone());
+        async move {
+            let stream = results.read(&key, None).await.map_err(|e| {
+                EngineError::Transport(format!("cannot read the stored result: {e}"))
+            })?;
+            Ok(stream.map(|r| r.map_err(std::io::Error::other)).boxed())
+        }
+        .boxed()
+    })
+}
+
+/// Where an attempt's column metadata comes from (see [`Worker::column_plan`]).
+struct ColumnPlan {
+    /// The statement returns rows (a SELECT, SHOW, ...).
+    has_rows: bool,
+    /// What an earlier run of the same statement learned.
+    known: Option<Vec<Column>>,
+    /// Nothing known yet: what this run finds is kept.
+    learn: bool,
+    /// The statement as DESCRIBE takes it, when it can be described.
+    describable: Option<String>,
+    /// DESCRIBE goes beside the query: the format has no header to read them from.
+    describe_beside: bool,
+}
+
+impl ColumnPlan {
+    /// A reader of the format's header, when the columns are to be learned from it.
+    fn header(&self, format: Format) -> Option<HeaderReader> {
+        if self.learn {
+            HeaderReader::new(format)
+        } else {
+            None
+        }
+    }
+}
 
 /// One statement to run: a single execution's, or a step of a job.
 #[derive(Clone, Copy)]
