@@ -132,6 +132,28 @@ impl Store {
     }
 }
 
+/// A small pool of its own, connected lazily with `options`: for a writer that keeps
+/// session settings of its own, or whose statements must not queue behind the shared
+/// pool's.
+fn side_pool(connections: u32, options: sqlx::postgres::PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options)
+}
+
+/// `first` and whatever else is already waiting in `queue`, up to `max` in all: the next
+/// batch of a group-commit writer (submits, completions, wake-ups).
+fn gather<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max
+        && let Ok(next) = queue.try_recv()
+    {
+        batch.push(next);
+    }
+    batch
+}
+
 /// Postgres' unique_violation, raised when two submits race for one in-flight key.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))

@@ -160,10 +160,9 @@ impl Store {
 async fn send_wakes(pool: PgPool, mut wakes: mpsc::UnboundedReceiver<String>) {
     let mut outage = OutageLog::new("wake workers");
     while let Some(first) = wakes.recv().await {
-        let mut tiers = BTreeSet::from([first]);
-        while let Ok(tier) = wakes.try_recv() {
-            tiers.insert(tier);
-        }
+        let tiers: BTreeSet<String> = super::gather(first, &mut wakes, usize::MAX)
+            .into_iter()
+            .collect();
         let tiers: Vec<String> = tiers.into_iter().collect();
         let sent = sqlx::query("SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t")
             .bind(Channel::Work.name())

@@ -410,17 +410,9 @@ async fn write_completions(pool: PgPool, mut pending: mpsc::UnboundedReceiver<Pe
         ("plan_cache_mode", "force_generic_plan"),
         ("enable_seqscan", "off"),
     ]);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options);
+    let pool = super::side_pool(1, options);
     while let Some(first) = pending.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < COMPLETION_BATCH
-            && let Ok(p) = pending.try_recv()
-        {
-            batch.push(p);
-        }
+        let mut batch = super::gather(first, &mut pending, COMPLETION_BATCH);
         // One lock order for every batch, whichever process writes it.
         batch.sort_by_key(|p| p.fence.id);
         let started = std::time::Instant::now();

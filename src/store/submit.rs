@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use sqlx::{FromRow, PgPool, Row};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -495,26 +494,23 @@ pub struct PendingSubmit {
 /// submit of a batch that failed for another reason than an unreachable database, so
 /// that one bad row fails only itself.
 async fn write_submits(pool: PgPool, mut pending: mpsc::UnboundedReceiver<PendingSubmit>) {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(SUBMIT_WRITERS as u32)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    let pool = super::side_pool(
+        SUBMIT_WRITERS as u32,
+        pool.connect_options().as_ref().clone(),
+    );
     let writers = Arc::new(Semaphore::new(SUBMIT_WRITERS));
     while let Some(first) = pending.recv().await {
         let Ok(writer) = writers.clone().acquire_owned().await else {
             return;
         };
         // Gathered once a writer is free: what arrived meanwhile joins this batch.
-        let mut keys = HashSet::from([key_of(&first.new)]);
-        let mut batch = vec![first];
-        while batch.len() < SUBMIT_BATCH
-            && let Ok(p) = pending.try_recv()
-        {
-            if keys.insert(key_of(&p.new)) {
-                batch.push(p);
-            } else {
-                let _ = p.answer.send(Ok(None));
-            }
+        let mut keys = HashSet::new();
+        let (mut batch, repeated): (Vec<_>, Vec<_>) =
+            super::gather(first, &mut pending, SUBMIT_BATCH)
+                .into_iter()
+                .partition(|p| keys.insert(key_of(&p.new)));
+        for p in repeated {
+            let _ = p.answer.send(Ok(None));
         }
         batch.sort_by_key(|p| key_of(&p.new));
         let pool = pool.clone();
