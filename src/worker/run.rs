@@ -490,16 +490,17 @@ impl Worker {
         let known = has_rows
             .then(|| self.columns.get(&execution.query_hash))
             .flatten();
-        let learn = has_rows && known.is_none();
-        ColumnPlan {
+        let mut plan = ColumnPlan {
             has_rows,
-            learn,
             known,
             describable: statement
                 .filter(|s| s.describable())
                 .map(|s| s.query_without_format()),
-            describe_beside: learn && !in_session && HeaderReader::new(execution.format).is_none(),
-        }
+            describe_beside: false,
+        };
+        plan.describe_beside =
+            plan.learn() && !in_session && HeaderReader::new(execution.format).is_none();
+        plan
     }
 
     /// The columns `plan` settles on, given what DESCRIBE or the header `found`; learned
@@ -511,6 +512,7 @@ impl Worker {
         query: Query<'_>,
         found: Option<Vec<Column>>,
     ) -> Option<Vec<Column>> {
+        let learn = plan.learn();
         let columns = if !plan.has_rows {
             Some(Vec::new())
         } else if plan.known.is_some() {
@@ -523,7 +525,7 @@ impl Worker {
         } else {
             None
         };
-        if let (true, Some(columns)) = (plan.learn, &columns) {
+        if let (true, Some(columns)) = (learn, &columns) {
             self.columns.put(&execution.query_hash, columns);
         }
         columns
@@ -766,8 +768,6 @@ struct ColumnPlan {
     has_rows: bool,
     /// What an earlier run of the same statement learned.
     known: Option<Vec<Column>>,
-    /// Nothing known yet: what this run finds is kept.
-    learn: bool,
     /// The statement as DESCRIBE takes it, when it can be described.
     describable: Option<String>,
     /// DESCRIBE goes beside the query: the format has no header to read them from.
@@ -775,9 +775,14 @@ struct ColumnPlan {
 }
 
 impl ColumnPlan {
+    /// Rows and nothing known yet: what this run finds is kept.
+    fn learn(&self) -> bool {
+        self.has_rows && self.known.is_none()
+    }
+
     /// A reader of the format's header, when the columns are to be learned from it.
     fn header(&self, format: Format) -> Option<HeaderReader> {
-        if self.learn {
+        if self.learn() {
             HeaderReader::new(format)
         } else {
             None
