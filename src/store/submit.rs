@@ -512,7 +512,10 @@ async fn write_submits(pool: PgPool, mut pending: mpsc::UnboundedReceiver<Pendin
         for p in repeated {
             let _ = p.answer.send(Ok(None));
         }
-        batch.sort_by_key(|p| key_of(&p.new));
+        batch.sort_by(|a, b| {
+            (a.new.tenant.as_str(), a.new.query_id.as_str())
+                .cmp(&(b.new.tenant.as_str(), b.new.query_id.as_str()))
+        });
         let pool = pool.clone();
         tokio::spawn(async move {
             write_batch(&pool, batch).await;
