@@ -653,16 +653,30 @@ impl Bench {
     }
 }
 
-/// `_count` and `_sum` of the step summaries, and the claims and completions counted.
+/// Steps that handle several executions at once: the counter of the executions they
+/// handled, and how the bench names the ratio to the step's count.
+const ROWS_PER_STEP: [(&str, &str, &str); 3] = [
+    ("claim", "sluice_claims_total", "executions per claim"),
+    (
+        "complete_batch",
+        "sluice_completion_batch_rows_sum",
+        "completions per statement",
+    ),
+    (
+        "submit_batch",
+        "sluice_submit_batch_rows_sum",
+        "submits per statement",
+    ),
+];
+
+/// `_count` and `_sum` of the step summaries, and the executions handled by the steps of
+/// [`ROWS_PER_STEP`].
 #[derive(Debug, Default, Clone)]
 struct Steps {
     /// step -> (count, seconds)
     steps: BTreeMap<String, (f64, f64)>,
-    /// completions written by batch statements: (statements, rows)
-    batches: (f64, f64),
-    /// submits written by batch statements: (statements, rows)
-    submit_batches: (f64, f64),
-    claimed: f64,
+    /// step -> executions handled
+    rows: BTreeMap<&'static str, f64>,
 }
 
 impl Steps {
@@ -688,18 +702,17 @@ impl Steps {
                 if let Some(s) = step() {
                     self.steps.entry(s).or_default().1 += value;
                 }
-            } else if name.starts_with("sluice_completion_batch_rows_count") {
-                self.batches.0 += value;
-            } else if name.starts_with("sluice_completion_batch_rows_sum") {
-                self.batches.1 += value;
-            } else if name.starts_with("sluice_submit_batch_rows_count") {
-                self.submit_batches.0 += value;
-            } else if name.starts_with("sluice_submit_batch_rows_sum") {
-                self.submit_batches.1 += value;
-            } else if name.starts_with("sluice_claims_total") {
-                self.claimed += value;
+            } else if let Some((step, _, _)) = ROWS_PER_STEP
+                .iter()
+                .find(|(_, series, _)| name.starts_with(series))
+            {
+                *self.rows.entry(step).or_default() += value;
             }
         }
+    }
+
+    fn rows(&self, step: &str) -> f64 {
+        self.rows.get(step).copied().unwrap_or_default()
     }
 }
 
@@ -712,24 +725,18 @@ fn print_breakdown(before: &Steps, after: &Steps, executions: f64) {
         if count <= 0.0 {
             continue;
         }
-        let note = match step.as_str() {
-            "claim" => format!(
-                ", {:.1} executions per claim",
-                (after.claimed - before.claimed) / count
+        let note = match ROWS_PER_STEP.iter().find(|(s, _, _)| s == step) {
+            Some((_, _, ratio)) => format!(
+                ", {:.1} {ratio}",
+                (after.rows(step) - before.rows(step)) / count
             ),
-            "complete_batch" => format!(
-                ", {:.1} completions per statement",
-                (after.batches.1 - before.batches.1) / (after.batches.0 - before.batches.0)
-            ),
-            "submit_batch" => format!(
-                ", {:.1} submits per statement",
-                (after.submit_batches.1 - before.submit_batches.1)
-                    / (after.submit_batches.0 - before.submit_batches.0)
-            ),
-            "record" => " (waiting for the batch of completions)".to_string(),
-            "clickhouse" => " (send to end of stream)".to_string(),
-            "describe" => " (beside the query)".to_string(),
-            _ => String::new(),
+            None => match step.as_str() {
+                "record" => " (waiting for the batch of completions)",
+                "clickhouse" => " (send to end of stream)",
+                "describe" => " (beside the query)",
+                _ => "",
+            }
+            .to_string(),
         };
         println!(
             "    {step:<15} {:>5.2} per execution, {:>6.3} ms each{note}",
