@@ -458,6 +458,12 @@ async fn an_outage_is_logged_once_per_operation_and_leadership_changes_are_logge
         logged(&log_lines(&bk_log), "became the leader").len() == 1
     })
     .await;
+    // The worker must be past its start-up (which needs Postgres) before the outage: a
+    // worker that cannot connect at start exits rather than retrying.
+    eventually(Duration::from_secs(30), "the worker starts", || async {
+        logged(&log_lines(&worker_log), "worker started").len() == 1
+    })
+    .await;
     let failing = "operation failing; retrying with backoff";
     pool.close().await;
     pg.stop();
