@@ -16,6 +16,10 @@
 //!    (executions / first created -> last finished), its ratio to the ceiling, the most
 //!    executions RUNNING at once, and where each execution's time goes (the worker's and
 //!    the api's `sluice_step_seconds`); once with one worker, once with two;
+//!    then `--sleep-backlog` executions that each wait 50 ms on ClickHouse
+//!    (`sleep(0.05)`), whose drain is bound by slots rather than CPU: its ratio is to
+//!    what the workers' slots allow (workers x concurrency / 50 ms), so it shows
+//!    whether a second worker adds capacity when the machine has CPU to spare;
 //! 5. **a large result** (~1 GB by default): time through Sluice divided by `curl`
 //!    downloading the same query directly, the worker's CPU for it and its peak RSS;
 //! 6. **claim latency** as the table grows: claims of 16 with 10,000 and with
@@ -59,6 +63,9 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Executions of the open-loop backlog phase (0 skips it).
     pub backlog: usize,
+    /// Executions of the latency-bound backlog, each waiting 50 ms on ClickHouse (0
+    /// skips it).
+    pub sleep_backlog: usize,
     /// Finished rows in the table for the second claim-latency figure (0 skips the
     /// claim phase).
     pub claim_rows: i64,
@@ -77,6 +84,7 @@ impl Default for BenchOptions {
             trivial: 2000,
             concurrency: 16,
             backlog: 5000,
+            sleep_backlog: 1000,
             claim_rows: 1_000_000,
             large_rows: 8_000_000,
             format: crate::execution::Format::JSONEachRow,
@@ -130,6 +138,44 @@ struct Bench {
     http: reqwest::Client,
     api: Option<Process>,
     workers: Vec<Process>,
+}
+
+/// What a backlog runs.
+#[derive(Clone, Copy)]
+enum Load {
+    /// `SELECT n`: bound by the machine's CPU, compared with the ceiling.
+    Trivial,
+    /// `SELECT n, sleep(0.05)`: bound by the workers' slots, compared with what they allow.
+    Sleep,
+}
+
+/// How long each execution of a [`Load::Sleep`] backlog waits on ClickHouse.
+const SLEEP: Duration = Duration::from_millis(50);
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Trivial => "trivial",
+            Load::Sleep => "sleep",
+        }
+    }
+
+    /// How the printed figures name the statement.
+    fn shape(self) -> &'static str {
+        match self {
+            Load::Trivial => "SELECT n",
+            Load::Sleep => "SELECT n, sleep(0.05)",
+        }
+    }
+
+    /// The `i`th statement, distinct from every other (no two collapse into one), its
+    /// last column aliased with `marker` so that the run's rows can be found.
+    fn statement(self, i: usize, marker: &str) -> String {
+        match self {
+            Load::Trivial => format!("SELECT {i}{marker}"),
+            Load::Sleep => format!("SELECT {i}, sleep({}){marker}", SLEEP.as_secs_f64()),
+        }
+    }
 }
 
 impl Bench {
@@ -212,15 +258,22 @@ impl Bench {
         if opts.trivial > 0 {
             self.closed_loop(opts.trivial).await?;
         }
-        if opts.backlog > 0 {
-            self.backlog(opts.backlog, "1w").await?;
-            if opts.large_rows > 0 {
-                self.large_result(opts.large_rows).await?;
-            }
-            self.add_worker()?;
-            self.backlog(opts.backlog, "2w").await?;
-        } else if opts.large_rows > 0 {
+        let backlogs = [
+            (Load::Trivial, opts.backlog),
+            (Load::Sleep, opts.sleep_backlog),
+        ];
+        let backlogs = backlogs.into_iter().filter(|(_, n)| *n > 0);
+        for (load, n) in backlogs.clone() {
+            self.backlog(load, n, "1w").await?;
+        }
+        if opts.large_rows > 0 {
             self.large_result(opts.large_rows).await?;
+        }
+        if backlogs.clone().next().is_some() {
+            self.add_worker()?;
+        }
+        for (load, n) in backlogs {
+            self.backlog(load, n, "2w").await?;
         }
         // Claims are measured on the store directly, with nothing else running.
         self.workers.clear();
@@ -404,11 +457,15 @@ impl Bench {
         Ok(rate)
     }
 
-    /// 4. Open loop: `n` distinct executions submitted at once, then the drain; the
-    ///    ceiling is measured just before and just after, and their mean is the yardstick.
-    async fn backlog(&self, n: usize, run: &str) -> Result<(), BenchError> {
-        let ceiling_before = self.ceiling(Duration::from_secs(3)).await?;
-        let marker = format!(" AS backlog_{run}");
+    /// 4. Open loop: `n` distinct executions submitted at once, then the drain. For
+    ///    trivial ones the ceiling is measured just before and just after, and their mean
+    ///    is the yardstick; for sleeping ones, what the slots allow.
+    async fn backlog(&self, load: Load, n: usize, run: &str) -> Result<(), BenchError> {
+        let ceiling_before = match load {
+            Load::Trivial => self.ceiling(Duration::from_secs(3)).await?,
+            Load::Sleep => 0.0,
+        };
+        let marker = format!(" AS backlog_{}_{run}", load.name());
         let before = self.steps().await?;
         let cpu_before = cpu_by_process()?;
         let next = Arc::new(AtomicUsize::new(0));
@@ -421,8 +478,7 @@ impl Bench {
                     if i >= n {
                         return Ok::<(), BenchError>(());
                     }
-                    self.submit(&format!("SELECT {}{marker}", 2_000_000 + i))
-                        .await?;
+                    self.submit(&load.statement(2_000_000 + i, marker)).await?;
                 }
             }
         });
@@ -439,24 +495,37 @@ impl Bench {
         }
         let after = self.steps().await?;
         let cpu = cpu_by_process()?;
-        let ceiling_after = self.ceiling(Duration::from_secs(3)).await?;
-        let ceiling = (ceiling_before + ceiling_after) / 2.0;
         let stats = self.store.run_stats(&marker).await?;
         let (Some(first), Some(last)) = (stats.first_created, stats.last_finished) else {
             return Err(failed("the backlog left no timings"));
         };
         let drain = stats.executions as f64 / (ms(last - first) / 1000.0);
         let workers = self.workers.len();
+        let yardstick = match load {
+            Load::Trivial => {
+                let ceiling_after = self.ceiling(Duration::from_secs(3)).await?;
+                let ceiling = (ceiling_before + ceiling_after) / 2.0;
+                let ratio = drain / ceiling * 100.0;
+                format!(
+                    "{ratio:.1} % of the ceiling ({ceiling:.0} q/s, the mean of before and after)"
+                )
+            }
+            Load::Sleep => {
+                let allowed = (workers * self.concurrency) as f64 / SLEEP.as_secs_f64();
+                let ratio = drain / allowed * 100.0;
+                format!("{ratio:.1} % of what the slots allow ({allowed:.0}/s)")
+            }
+        };
         println!(
-            "backlog of {n} `SELECT n`, {workers} worker(s) of concurrency {}: submitted at {:.0}/s \
+            "backlog of {n} `{}`, {workers} worker(s) of concurrency {}: submitted at {:.0}/s \
              from {} connections; drained at {drain:.0} executions/s (first created -> last finished, \
-             {:.2} s) = {:.1} % of the ceiling ({ceiling:.0} q/s, the mean of before and after); \
+             {:.2} s) = {yardstick}; \
              {} of {} SUCCEEDED; RUNNING at once (started -> finished, writing the outcome included): {:.1} on average, at most {}; mean run time {:.2} ms",
+            load.shape(),
             self.concurrency,
             n as f64 / submit_secs,
             self.concurrency,
             ms(last - first) / 1000.0,
-            drain / ceiling * 100.0,
             stats.succeeded,
             stats.executions,
             stats.mean_running.unwrap_or(f64::NAN),

@@ -110,6 +110,10 @@ enum Command {
         /// (0 skips it).
         #[arg(long, default_value_t = 5000)]
         backlog: usize,
+        /// Executions of the latency-bound burst (each waits 50 ms on ClickHouse),
+        /// drained by one and then two workers (0 skips it).
+        #[arg(long, default_value_t = 1000)]
+        sleep_backlog: usize,
         /// Finished rows in the table for the second claim-latency figure (0 skips the
         /// claim figures).
         #[arg(long, default_value_t = 1_000_000)]
@@ -351,6 +355,7 @@ fn main() -> anyhow::Result<()> {
                 trivial,
                 concurrency,
                 backlog,
+                sleep_backlog,
                 claim_rows,
                 large_rows,
                 results_dir,
@@ -361,6 +366,7 @@ fn main() -> anyhow::Result<()> {
                     trivial,
                     concurrency,
                     backlog,
+                    sleep_backlog,
                     claim_rows,
                     large_rows,
                     results_dir,

@@ -167,6 +167,7 @@ async fn the_bench_runs_every_phase_and_cleans_up(pool: PgPool) {
             "--trivial=8",
             "--concurrency=2",
             "--backlog=40",
+            "--sleep-backlog=20",
             "--claim-rows=12000",
             "--large-rows=1000",
         ])
@@ -213,6 +214,19 @@ async fn the_bench_runs_every_phase_and_cleans_up(pool: PgPool) {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{}", backlog[0]));
         assert!((1..=40).contains(&most), "{}", backlog[0]);
+    }
+    for workers in [1, 2] {
+        let sleeping = line(&format!(
+            "backlog of 20 `SELECT n, sleep(0.05)`, {workers} worker(s) of concurrency 2"
+        ));
+        assert_eq!(sleeping.len(), 1, "{stdout}");
+        assert!(
+            sleeping[0].contains(" 20 of 20 SUCCEEDED"),
+            "{}",
+            sleeping[0]
+        );
+        let allowed = format!("of what the slots allow ({}/s)", workers * 2 * 20);
+        assert!(sleeping[0].contains(&allowed), "{}", sleeping[0]);
     }
     assert_eq!(line("large result: ").len(), 1, "{stdout}");
     assert_eq!(line("worker peak RSS: ").len(), 1, "{stdout}");
