@@ -247,20 +247,68 @@ async fn result_is_409_until_succeeded_and_410_once_expired(pool: PgPool) {
 async fn the_database_rejects_illegal_transitions(pool: PgPool) {
     let h = Harness::without_workers(pool).await;
     let id = h.submit_ok(json!({ "sql": "SELECT 1" })).await;
-    // (PENDING -> FAILED is legal: a start deadline that passed, NOT_STARTED_IN_TIME.)
-    for illegal in ["SUCCEEDED", "EXPIRED"] {
-        let e =
-            sqlx::query("UPDATE executions SET status = $2::execution_status WHERE id = $1::uuid")
-                .bind(&id)
-                .bind(illegal)
-                .execute(h.store.pool())
+    // The whole status machine: every (from, to) pair, each tried in a transaction of
+    // its own that puts the row in `from` with the triggers off, turns them back on and
+    // then asks for `to`. (PENDING -> FAILED is legal: a start deadline that passed,
+    // NOT_STARTED_IN_TIME.)
+    const LEGAL: [(&str, &str); 10] = [
+        ("PENDING", "RUNNING"),
+        ("PENDING", "CANCELED"),
+        ("PENDING", "FAILED"),
+        ("RUNNING", "SUCCEEDED"),
+        ("RUNNING", "FAILED"),
+        ("RUNNING", "CANCELED"),
+        ("RUNNING", "PENDING"),
+        ("SUCCEEDED", "EXPIRED"),
+        ("FAILED", "EXPIRED"),
+        ("CANCELED", "EXPIRED"),
+    ];
+    const ALL: [&str; 6] = [
+        "PENDING",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELED",
+        "EXPIRED",
+    ];
+    let set = "UPDATE executions SET status = $2::execution_status WHERE id = $1::uuid";
+    for from in ALL {
+        for to in ALL {
+            let mut tx = h.store.pool().begin().await.unwrap();
+            let unguarded = |on: bool| {
+                let role = if on { "replica" } else { "origin" };
+                format!("SET LOCAL session_replication_role = {role}")
+            };
+            sqlx::query(sqlx::AssertSqlSafe(unguarded(true)))
+                .execute(&mut *tx)
                 .await
-                .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("illegal execution status transition"),
-            "{e}"
-        );
+                .unwrap();
+            sqlx::query(set)
+                .bind(&id)
+                .bind(from)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(unguarded(false)))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let asked = sqlx::query(set).bind(&id).bind(to).execute(&mut *tx).await;
+            let legal = from == to || LEGAL.contains(&(from, to));
+            match asked {
+                Ok(_) => assert!(legal, "{from} -> {to} was allowed"),
+                Err(e) => {
+                    assert!(!legal, "{from} -> {to} was refused: {e}");
+                    assert!(
+                        e.to_string().contains(&format!(
+                            "illegal execution status transition {from} -> {to}"
+                        )),
+                        "{e}"
+                    );
+                }
+            }
+            tx.rollback().await.unwrap();
+        }
     }
     let e = sqlx::query(
         "INSERT INTO executions (id, tier, query_id, query_hash, sql, format, max_attempts, status) \
