@@ -258,21 +258,23 @@ impl Bench {
         if opts.trivial > 0 {
             self.closed_loop(opts.trivial).await?;
         }
-        let backlogs = [
+        let backlogs: Vec<(Load, usize)> = [
             (Load::Trivial, opts.backlog),
             (Load::Sleep, opts.sleep_backlog),
-        ];
-        let backlogs = backlogs.into_iter().filter(|(_, n)| *n > 0);
-        for (load, n) in backlogs.clone() {
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .collect();
+        for &(load, n) in &backlogs {
             self.backlog(load, n, "1w").await?;
         }
         if opts.large_rows > 0 {
             self.large_result(opts.large_rows).await?;
         }
-        if backlogs.clone().next().is_some() {
+        if !backlogs.is_empty() {
             self.add_worker()?;
         }
-        for (load, n) in backlogs {
+        for &(load, n) in &backlogs {
             self.backlog(load, n, "2w").await?;
         }
         // Claims are measured on the store directly, with nothing else running.
@@ -462,8 +464,8 @@ impl Bench {
     ///    is the yardstick; for sleeping ones, what the slots allow.
     async fn backlog(&self, load: Load, n: usize, run: &str) -> Result<(), BenchError> {
         let ceiling_before = match load {
-            Load::Trivial => self.ceiling(Duration::from_secs(3)).await?,
-            Load::Sleep => 0.0,
+            Load::Trivial => Some(self.ceiling(Duration::from_secs(3)).await?),
+            Load::Sleep => None,
         };
         let marker = format!(" AS backlog_{}_{run}", load.name());
         let before = self.steps().await?;
@@ -501,8 +503,8 @@ impl Bench {
         };
         let drain = stats.executions as f64 / (ms(last - first) / 1000.0);
         let workers = self.workers.len();
-        let yardstick = match load {
-            Load::Trivial => {
+        let yardstick = match ceiling_before {
+            Some(ceiling_before) => {
                 let ceiling_after = self.ceiling(Duration::from_secs(3)).await?;
                 let ceiling = (ceiling_before + ceiling_after) / 2.0;
                 let ratio = drain / ceiling * 100.0;
@@ -510,7 +512,7 @@ impl Bench {
                     "{ratio:.1} % of the ceiling ({ceiling:.0} q/s, the mean of before and after)"
                 )
             }
-            Load::Sleep => {
+            None => {
                 let allowed = (workers * self.concurrency) as f64 / SLEEP.as_secs_f64();
                 let ratio = drain / allowed * 100.0;
                 format!("{ratio:.1} % of what the slots allow ({allowed:.0}/s)")
