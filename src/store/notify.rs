@@ -28,7 +28,6 @@
 //! of a thousand submits costs a handful of NOTIFYs and an idle tier is woken one round
 //! trip after the commit.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -160,10 +159,9 @@ impl Store {
 async fn send_wakes(pool: PgPool, mut wakes: mpsc::UnboundedReceiver<String>) {
     let mut outage = OutageLog::new("wake workers");
     while let Some(first) = wakes.recv().await {
-        let tiers: BTreeSet<String> = super::gather(first, &mut wakes, usize::MAX)
-            .into_iter()
-            .collect();
-        let tiers: Vec<String> = tiers.into_iter().collect();
+        let mut tiers = super::gather(first, &mut wakes, usize::MAX);
+        tiers.sort_unstable();
+        tiers.dedup();
         let sent = sqlx::query("SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t")
             .bind(Channel::Work.name())
             .bind(&tiers)
