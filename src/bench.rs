@@ -160,17 +160,14 @@ impl Load {
         }
     }
 
-    /// How the printed figures name the statement.
-    fn shape(self) -> &'static str {
-        match self {
-            Load::Trivial => "SELECT n",
-            Load::Sleep => "SELECT n, sleep(0.05)",
-        }
+    /// How the printed figures name the statement: [`Load::statement`] with `n`.
+    fn shape(self) -> String {
+        self.statement("n", "")
     }
 
-    /// The `i`th statement, distinct from every other (no two collapse into one), its
-    /// last column aliased with `marker` so that the run's rows can be found.
-    fn statement(self, i: usize, marker: &str) -> String {
+    /// The statement numbered `i`, distinct from every other (no two collapse into one),
+    /// its last column aliased with `marker` so that the run's rows can be found.
+    fn statement(self, i: impl std::fmt::Display, marker: &str) -> String {
         match self {
             Load::Trivial => format!("SELECT {i}{marker}"),
             Load::Sleep => format!("SELECT {i}, sleep({}){marker}", SLEEP.as_secs_f64()),
