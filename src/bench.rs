@@ -52,6 +52,26 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
+/// Makes the process `cmd` starts end with its parent even when the parent is killed
+/// outright and no `Drop` runs (the bench, a test binary stopped by a timeout): Linux
+/// sends it SIGKILL when the thread that started it ends, so start it from a thread that
+/// lives as long as the parent needs it. Elsewhere than Linux, nothing changes.
+pub fn end_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and changes only the child's own state.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 fn failed(message: impl Into<String>) -> BenchError {
     BenchError::Failed(message.into())
 }
@@ -322,20 +342,9 @@ impl Bench {
         if let Some(port) = metrics_port {
             cmd.env("SLUICE_METRICS__LISTEN", format!("127.0.0.1:{port}"));
         }
-        // The bench's processes end with it even when it is killed outright and no `Drop`
-        // runs: Linux sends them SIGKILL when the thread that started them ends. That is
-        // the main thread, where `block_on` runs the bench, so it lives as long as the bench.
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and changes only the child's own state.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Started from the main thread, where `block_on` runs the bench, so they live as
+        // long as the bench.
+        end_with_parent(&mut cmd);
         Ok(Process {
             child: cmd.spawn()?,
             metrics_url: metrics_port.map(|p| format!("http://127.0.0.1:{p}/metrics")),

@@ -654,15 +654,19 @@ pub fn write_config(h: &Harness, pool: &PgPool, setup: &Setup) -> std::path::Pat
 
 /// Starts `sluice <args>` with the given configuration file.
 pub fn spawn_sluice(config: &std::path::Path, args: &[&str]) -> Process {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Process(child)
+    let mut cmd = sluice_command(config, args);
+    cmd.env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    Process(cmd.spawn().unwrap())
+}
+
+/// `sluice --config <config> <args>`, ending with the test's thread even when the test
+/// binary is killed outright (a timeout), so that no stray worker outlives it.
+fn sluice_command(config: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("--config").arg(config).args(args);
+    sluice::bench::end_with_parent(&mut cmd);
+    cmd
 }
 
 /// Like [`spawn_sluice`], with its info-level log lines (JSON, one per line) in `log`.
@@ -672,16 +676,11 @@ pub fn spawn_sluice_logged(
     log: &std::path::Path,
 ) -> Process {
     let file = std::fs::File::create(log).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "info")
+    let mut cmd = sluice_command(config, args);
+    cmd.env("RUST_LOG", "info")
         .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Process(child)
+        .stderr(file);
+    Process(cmd.spawn().unwrap())
 }
 
 /// The JSON log lines of a [`spawn_sluice_logged`] process so far.
